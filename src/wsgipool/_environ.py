@@ -1,0 +1,118 @@
+"""ASGI HTTP scope -> WSGI environ (PEP 3333).
+
+The front builds the CGI part, which is plain ``str -> str`` and crosses the pipe as
+msgpack; the worker adds the ``wsgi.*`` objects that cannot travel (streams, callables).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import IO, Any
+
+from ._types import Environ, Scope
+
+_SPECIAL = {"content-length": "CONTENT_LENGTH", "content-type": "CONTENT_TYPE"}
+_DEFAULT_PORT = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
+
+
+class TooManyHeadersError(ValueError):
+    """A header name repeats more often than ``duplicate_header_limit`` allows."""
+
+
+def _native(text: str) -> str:
+    """PEP 3333 native string: the UTF-8 bytes of ``text`` read as latin-1."""
+    return text.encode("utf-8").decode("latin-1")
+
+
+def split_root_path(path: str, root_path: str) -> tuple[str, str]:
+    """Return ``(SCRIPT_NAME, PATH_INFO)``; the root is stripped only at a segment boundary."""
+    root = root_path.rstrip("/")
+    if root and (path == root or path.startswith(root + "/")):
+        return root, path[len(root) :]
+    return root, path
+
+
+def _split_host(host: str) -> tuple[str, str]:
+    if host.startswith("["):  # [v6]:port
+        end = host.find("]") + 1
+        name, rest = host[:end], host[end:]
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        name, _, port = host.partition(":")
+    return name, port if port.isdigit() else ""
+
+
+def _server(scope: Scope, headers: dict[str, str], scheme: str) -> tuple[str, str]:
+    server = scope.get("server")
+    if server is not None and server[1] is not None:
+        return str(server[0]), str(server[1])
+    # No TCP address (a unix socket, or the server did not say): fall back on Host.
+    name, port = _split_host(headers.get("HTTP_HOST", ""))
+    return name or "localhost", port or _DEFAULT_PORT.get(scheme, "80")
+
+
+def cgi_environ(scope: Scope, duplicate_header_limit: int | None = 100) -> dict[str, str]:
+    """The serialisable part of the environ for an ``http`` scope."""
+    headers: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for raw_name, raw_value in scope.get("headers", ()):
+        name = raw_name.decode("latin-1").lower()
+        key = _SPECIAL.get(name) or "HTTP_" + name.upper().replace("-", "_")
+        value = raw_value.decode("latin-1")
+        seen = counts.get(key, 0)
+        if duplicate_header_limit and seen >= duplicate_header_limit:
+            raise TooManyHeadersError(
+                f"Too many duplicate headers: {key} exceeds limit of {duplicate_header_limit}"
+            )
+        counts[key] = seen + 1
+        if seen:
+            sep = "; " if key == "HTTP_COOKIE" else ","
+            headers[key] = headers[key] + sep + value
+        else:
+            headers[key] = value
+    if not headers.get("CONTENT_LENGTH", "x").strip():
+        del headers["CONTENT_LENGTH"]  # an empty value means "absent", not "zero"
+    scheme = scope.get("scheme", "http")
+    script_name, path_info = split_root_path(
+        _native(scope["path"]), _native(scope.get("root_path", ""))
+    )
+    server_name, server_port = _server(scope, headers, scheme)
+    environ = {
+        "REQUEST_METHOD": scope["method"],
+        "SCRIPT_NAME": script_name,
+        "PATH_INFO": path_info,
+        "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
+        "SERVER_PROTOCOL": "HTTP/%s" % scope.get("http_version", "1.1"),
+        "SERVER_NAME": server_name,
+        "SERVER_PORT": server_port,
+        "wsgi.url_scheme": scheme,
+    }
+    client = scope.get("client")
+    if client is not None:
+        environ["REMOTE_ADDR"] = str(client[0])
+        if client[1] is not None:
+            environ["REMOTE_PORT"] = str(client[1])
+    environ.update(headers)
+    return environ
+
+
+def complete_environ(
+    cgi: dict[str, Any],
+    stream: IO[bytes] | Any,
+    errors: IO[str] | Any,
+    file_wrapper: Callable[..., Any] | None = None,
+) -> Environ:
+    """Add the ``wsgi.*`` objects of PEP 3333 to a CGI environ, in place, and return it."""
+    cgi["wsgi.version"] = (1, 0)
+    cgi.setdefault("wsgi.url_scheme", "http")
+    cgi["wsgi.input"] = stream
+    cgi["wsgi.errors"] = errors
+    # Each worker process runs one request at a time.
+    cgi["wsgi.multithread"] = False
+    cgi["wsgi.multiprocess"] = True
+    cgi["wsgi.run_once"] = False
+    # The body ends where the client's body ends: read() without a size is safe.
+    cgi["wsgi.input_terminated"] = True
+    if file_wrapper is not None:
+        cgi["wsgi.file_wrapper"] = file_wrapper
+    return cgi

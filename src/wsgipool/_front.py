@@ -1,0 +1,166 @@
+"""The ASGI application: ``WsgiToAsgi`` and the per-request ``WsgiToAsgiInstance``.
+
+Both keep asgiref's names, signatures and observable messages; the difference is where
+the WSGI app runs: in a pool of worker processes instead of a thread of this one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import anyio
+
+from ._config import Config
+from ._environ import TooManyHeadersError, cgi_environ, complete_environ
+from ._errors import AppLoadError, WorkerError
+from ._exchange import Exchange
+from ._loader import describe, label
+from ._pool import Pool
+from ._types import Environ, Message, OptExcInfo, Receive, Scope, Send
+from ._wsgi import ErrorStream, FileWrapper, Responder
+
+log = logging.getLogger("wsgipool.front")
+
+
+class WsgiToAsgi:
+    """Wrap a WSGI application (a callable or ``"module:attr"``) as an ASGI 3 application.
+
+    ``duplicate_header_limit`` means what it means in asgiref; every other keyword is a
+    pool option (see :class:`wsgipool.Config`), e.g. ``workers=4, timeout=30``.
+    """
+
+    def __init__(
+        self, wsgi_application: Any, duplicate_header_limit: int | None = 100, **options: Any
+    ) -> None:
+        self.wsgi_application = wsgi_application
+        self.duplicate_header_limit = duplicate_header_limit
+        self.config = Config.from_options(options)
+        self.spec = describe(wsgi_application)
+        self.pool = Pool(self.spec, self.config)
+
+    def __repr__(self) -> str:
+        return f"<WsgiToAsgi {label(self.spec)} workers={self.config.workers}>"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            instance = WsgiToAsgiInstance(
+                self.wsgi_application, self.duplicate_header_limit, pool=self.pool
+            )
+            await instance(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            raise ValueError("WSGI wrapper received a non-HTTP scope")
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        """Start every worker at startup, supervise them, stop them at shutdown."""
+        await receive()  # lifespan.startup
+        async with anyio.create_task_group() as tg:
+            try:
+                await self.pool.start()
+            except (AppLoadError, WorkerError, OSError, TimeoutError) as exc:
+                await self.pool.aclose()
+                message = f"wsgipool could not start {label(self.spec)}: {exc}"
+                await send({"type": "lifespan.startup.failed", "message": message})
+                return
+            tg.start_soon(self.pool.supervise)
+            await send({"type": "lifespan.startup.complete"})
+            await receive()  # lifespan.shutdown
+            await self.pool.aclose()
+            tg.cancel_scope.cancel()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def start(self) -> None:
+        """Start every worker now (what lifespan startup does)."""
+        await self.pool.start()
+
+    async def aclose(self) -> None:
+        """Stop every worker: in-flight requests get ``graceful_timeout`` to finish."""
+        await self.pool.aclose()
+
+    async def __aenter__(self) -> WsgiToAsgi:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class WsgiToAsgiInstance:
+    """Per-request instance, as in asgiref; ``build_environ`` also works on its own."""
+
+    def __init__(
+        self,
+        wsgi_application: Any,
+        duplicate_header_limit: int | None = 100,
+        *,
+        pool: Pool | None = None,
+    ) -> None:
+        self.wsgi_application = wsgi_application
+        self.duplicate_header_limit = duplicate_header_limit
+        self.pool = pool
+        self.response_started = False
+        self.response_content_length: int | None = None
+        self._responder: Responder | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            raise ValueError("WSGI wrapper received a non-HTTP scope")
+        if self.pool is None:
+            raise RuntimeError("WsgiToAsgiInstance needs a pool: serve WsgiToAsgi(app) instead")
+        self.scope = scope
+        request_line = f"{scope.get('method')} {scope.get('path')}"
+        exchange = Exchange(self.pool, receive, send, request_line)
+        try:
+            cgi = cgi_environ(scope, self.duplicate_header_limit)
+        except TooManyHeadersError:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 400,
+                    "headers": [(b"content-type", b"text/plain")],
+                }
+            )
+            await send(
+                {"type": "http.response.body", "body": b"Bad Request: Too many duplicate headers"}
+            )
+            return
+        first = await receive()
+        if first["type"] != "http.request":
+            return  # http.disconnect before the body: nobody to answer
+        await exchange.run(cgi, first)
+
+    def build_environ(self, scope: Scope, body: Any) -> Environ:
+        """The full WSGI environ for ``scope`` with ``body`` as ``wsgi.input``."""
+        cgi: dict[str, Any] = cgi_environ(scope, self.duplicate_header_limit)
+        errors = ErrorStream(logging.getLogger("wsgipool.app").error)
+        return complete_environ(cgi, body, errors, FileWrapper)
+
+    def start_response(
+        self,
+        status: str,
+        response_headers: list[tuple[str, str]],
+        exc_info: OptExcInfo | None = None,
+    ) -> Callable[[bytes], object]:
+        """PEP 3333 ``start_response``; records ``response_start`` as asgiref does."""
+        if self._responder is None:
+            self._responder = Responder(self._write)
+        responder = self._responder
+        responder.headers_sent = self.response_started
+        write = responder.start_response(status, response_headers, exc_info)
+        self.response_content_length = responder.content_length
+        self.response_start: Message = {
+            "type": "http.response.start",
+            "status": responder.status,
+            "headers": responder.headers,
+        }
+        return write
+
+    def _write(self, data: bytes) -> None:
+        raise RuntimeError("write() is only available to an app running in a worker")

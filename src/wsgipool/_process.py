@@ -1,0 +1,216 @@
+"""The front's handle on one worker process: spawn, framed pipe I/O, kill, reap.
+
+The pipes are plain non-blocking descriptors driven by ``anyio.wait_readable`` /
+``wait_writable``, so a handle is tied to no event loop: the same pool serves asyncio
+and trio, and survives the loop it was started on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import anyio
+
+from . import _protocol as proto
+from ._errors import AppLoadError, ProtocolError, WorkerGoneError
+
+log = logging.getLogger("wsgipool.pool")
+
+PIPE_SIZE = 1024 * 1024
+READ_SIZE = 256 * 1024
+#: Longest a half-written frame may wait for the worker to read before it is given up.
+WRITE_STUCK = 60.0
+#: Set in a worker's environment while it imports the app (see ``spawn``).
+LOADING_ENV = "WSGIPOOL_WORKER_LOADING"
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _worker_env(env: dict[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ if env is None else env)
+    # `-m wsgipool._worker` must import this very copy of wsgipool.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+    return env
+
+
+def _pipe() -> tuple[int, int]:
+    r, w = os.pipe()
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)  # fewer wake-ups for big bodies
+    return r, w
+
+
+class WorkerProcess:
+    """One worker and its two pipes. Reads and writes are made by one task at a time."""
+
+    def __init__(self, worker_id: int, popen: subprocess.Popen[bytes], rfd: int, wfd: int) -> None:
+        self.id = worker_id
+        self.popen = popen
+        self.pid = popen.pid
+        self.rfd, self.wfd = rfd, wfd
+        self.reader = proto.FrameReader()
+        self.requests = 0
+        self.started_at = time.monotonic()
+        self.request_limit = 0  # retire after this many requests (0: never)
+
+    @classmethod
+    def spawn(cls, worker_id: int, hello: dict[str, Any], env: dict[str, str] | None) -> WorkerProcess:
+        """Start the process and send HELLO; wait for READY with :meth:`ready`."""
+        if os.environ.get(LOADING_ENV):
+            raise RuntimeError(
+                "a wsgipool worker tried to start workers of its own while importing the app: "
+                "the main script runs again in each worker, so guard the code that serves "
+                "with `if __name__ == '__main__':`"
+            )
+        to_child_r, to_child_w = _pipe()
+        from_child_r, from_child_w = _pipe()
+        try:
+            popen = subprocess.Popen(
+                [sys.executable, "-u", "-m", "wsgipool._worker", str(os.getpid())],
+                stdin=to_child_r,
+                stdout=from_child_w,
+                close_fds=True,
+                start_new_session=True,  # its own process group: kill it whole
+                env=_worker_env(env),
+            )
+        except BaseException:
+            for fd in (to_child_w, from_child_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
+        os.set_blocking(to_child_w, False)
+        os.set_blocking(from_child_r, False)
+        worker = cls(worker_id, popen, from_child_r, to_child_w)
+        os.write(to_child_w, proto.pack([proto.HELLO, hello]))  # small: fits the empty pipe
+        return worker
+
+    async def ready(self, timeout: float) -> None:
+        """Wait for READY; raise AppLoadError with the app's own error if it failed."""
+        with anyio.fail_after(timeout):
+            try:
+                frames = await self.read()
+            except WorkerGoneError:
+                code = await self.wait(1.0)
+                raise AppLoadError(
+                    f"worker {self.id} exited during start-up ({describe_exit(code)})"
+                ) from None
+        kind = frames[0][0]
+        if kind == proto.FAILED:
+            log.error("worker %d (pid %d) could not load the app:\n%s", self.id, self.pid, frames[0][2])
+            raise AppLoadError(frames[0][1])
+        if kind != proto.READY:
+            raise ProtocolError(f"expected READY from worker {self.id}, got frame {kind}")
+
+    async def read(self) -> list[proto.Frame]:
+        """At least one whole frame; WorkerGoneError at end of file."""
+        while True:
+            try:
+                data = os.read(self.rfd, READ_SIZE)
+            except BlockingIOError:
+                await anyio.wait_readable(self.rfd)
+                continue
+            except OSError as exc:
+                raise WorkerGoneError(f"worker {self.id}: {exc}") from exc
+            if not data:
+                raise WorkerGoneError(f"worker {self.id} closed its pipe")
+            frames = self.reader.feed(data)
+            if frames:
+                return frames
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Write whole frames: cancellable until the first byte is in the pipe, then shielded.
+
+        A frame cut in half would corrupt the stream for every later request, while a frame
+        not started at all is harmless; an idle worker drains its pipe, so the shielded part
+        ends quickly unless the worker is stuck, which ``WRITE_STUCK`` bounds.
+        """
+        view = memoryview(data)
+        while view:
+            written = self._write_some(view)
+            if written is None:
+                await anyio.wait_writable(self.wfd)  # nothing written yet: safe to cancel
+                continue
+            view = view[written:]
+            if view:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(WRITE_STUCK) as scope:
+                    while view:
+                        written = self._write_some(view)
+                        if written is None:
+                            await anyio.wait_writable(self.wfd)
+                        else:
+                            view = view[written:]
+                if scope.cancelled_caught:
+                    raise WorkerGoneError(f"worker {self.id} stopped reading its pipe")
+
+    def _write_some(self, view: memoryview) -> int | None:
+        try:
+            return os.write(self.wfd, view)
+        except BlockingIOError:
+            return None
+        except OSError as exc:  # EPIPE: the worker is gone
+            raise WorkerGoneError(f"worker {self.id}: {exc}") from exc
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal_group(self, sig: int) -> None:
+        """Signal the worker and every process it started (its own process group)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(self.pid, sig)
+
+    def close_pipes(self) -> None:
+        for fd in (self.rfd, self.wfd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.rfd = self.wfd = -1
+
+    async def wait(self, timeout: float) -> int | None:
+        """Reap the process within ``timeout`` seconds; None if it is still running."""
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while (code := self.popen.poll()) is None and time.monotonic() < deadline:
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return code
+
+    async def stop(self, grace: float, kill_grace: float = 2.0) -> int | None:
+        """Close the pipe (the worker exits at EOF), then SIGTERM, then SIGKILL the group."""
+        self.close_pipes()
+        code = await self.wait(grace)
+        if code is None:
+            self.signal_group(signal.SIGTERM)
+            code = await self.wait(kill_grace)
+        if code is None:
+            self.signal_group(signal.SIGKILL)
+            code = await self.wait(5.0)
+        self.signal_group(signal.SIGKILL)  # leftovers of the app in the group
+        return code
+
+    def kill_now(self) -> None:
+        """Synchronous last resort (finalizers, atexit): no waiting, no event loop."""
+        self.signal_group(signal.SIGKILL)
+        self.close_pipes()
+        with contextlib.suppress(Exception):
+            self.popen.wait(0.5)
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

@@ -1,0 +1,264 @@
+"""The worker process: import the app once, then serve one request at a time.
+
+Started by the pool as ``python -u -m wsgipool._worker FRONT_PID``. The channel is the
+process's original stdin/stdout pipes; both are moved to private descriptors first, and
+fd 1 is pointed at stderr, so nothing the app prints can corrupt a frame.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import select
+import signal
+import sys
+import traceback
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from ._environ import complete_environ
+from ._errors import AppLoadError
+from ._loader import label, load
+from ._protocol import (
+    ABORT,
+    BODY,
+    END_FRAME,
+    EOF,
+    ERROR,
+    FAILED,
+    HELLO,
+    LOG,
+    READY,
+    REQUEST,
+    Frame,
+    FrameReader,
+    body_frames,
+    pack,
+    start_frame,
+)
+from ._wsgi import ClientDisconnected, ErrorStream, FileWrapper, InputStream, Responder, close_iterable
+
+log = logging.getLogger("wsgipool.worker")
+
+#: Responses buffered in the worker before a write; lists are flushed once at the end.
+FLUSH_AT = 256 * 1024
+READ_SIZE = 256 * 1024
+
+
+class Channel:
+    """The worker's end of its two pipes: blocking reads and gathered writes."""
+
+    def __init__(self, rfd: int, wfd: int) -> None:
+        self.rfd, self.wfd = rfd, wfd
+        self.reader = FrameReader()
+        self.pending: deque[Frame] = deque()
+        self.out: list[bytes | memoryview] = []
+        self.out_size = 0
+        self.aborted = False
+
+    def _read(self) -> None:
+        data = os.read(self.rfd, READ_SIZE)
+        if not data:
+            raise SystemExit(0)  # the front closed the pipe or died: nothing left to serve
+        self.pending.extend(self.reader.feed(data))
+
+    def next_frame(self) -> Frame:
+        while not self.pending:
+            self._read()
+        return self.pending.popleft()
+
+    def pull_body(self) -> bytes | None:
+        """The next request body chunk, ``None`` at the end; raises if the client left."""
+        while True:
+            frame = self.next_frame()
+            if frame[0] == BODY:
+                return bytes(frame[1])
+            if frame[0] == EOF:
+                return None
+            if frame[0] == ABORT:
+                self.aborted = True
+                raise ClientDisconnected("client disconnected while the body was read")
+
+    def check_abort(self) -> bool:
+        """Non-blocking: has the front asked to stop this response?"""
+        if not self.aborted and select.select([self.rfd], [], [], 0)[0]:
+            self._read()
+            kept = deque(f for f in self.pending if f[0] != ABORT)
+            self.aborted = len(kept) != len(self.pending)
+            self.pending = kept
+        return self.aborted
+
+    def queue(self, *pieces: bytes | memoryview) -> None:
+        self.out.extend(pieces)
+        self.out_size += sum(len(p) for p in pieces)
+
+    def flush(self) -> None:
+        pieces, self.out, self.out_size = self.out, [], 0
+        while pieces:
+            written = os.writev(self.wfd, pieces[:512])
+            while pieces and written >= len(pieces[0]):
+                written -= len(pieces.pop(0))
+            if written:
+                pieces[0] = memoryview(pieces[0])[written:]
+
+    def send(self, frame: bytes) -> None:
+        self.queue(frame)
+        self.flush()
+
+
+class Worker:
+    """Runs requests against the app and streams the results into the channel."""
+
+    def __init__(self, channel: Channel, app: Any) -> None:
+        self.channel = channel
+        self.app = app
+        self.responder = Responder(self.write)
+        self.sent = 0
+
+    def serve_forever(self) -> None:
+        while True:
+            frame = self.channel.next_frame()
+            if frame[0] == REQUEST:
+                self.handle(frame[1])
+            # anything else is a leftover of a finished request: ignore it
+
+    def emit_log(self, line: str) -> None:
+        self.channel.send(pack([LOG, logging.ERROR, line]))
+
+    def handle(self, cgi: dict[str, Any]) -> None:
+        channel = self.channel
+        channel.aborted = False
+        self.responder = responder = Responder(self.write)
+        self.sent = 0
+        environ = complete_environ(
+            cgi, InputStream(channel.pull_body), ErrorStream(self.emit_log), FileWrapper
+        )
+        result: Iterable[bytes] | None = None
+        failure = None
+        try:
+            try:
+                result = self.app(environ, responder.start_response)
+                self.stream(result, eager=type(result) in (list, tuple))
+                if not responder.headers_sent:
+                    self.queue_start()
+            except ClientDisconnected:
+                pass
+            except Exception:
+                failure = traceback.format_exc()
+        finally:
+            if result is not None:
+                self.close(result)
+        if failure is None:
+            channel.send(END_FRAME)
+        else:
+            self.fail(environ, failure)
+
+    def close(self, result: Iterable[bytes]) -> None:
+        try:
+            close_iterable(result)
+        except Exception:
+            self.emit_log("Exception in close() of the response:\n" + traceback.format_exc())
+
+    def fail(self, environ: dict[str, Any], tb: str) -> None:
+        request = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
+        self.channel.out.clear()
+        self.channel.out_size = 0
+        self.channel.send(pack([ERROR, f"Exception in WSGI app for {request}\n{tb}"]))
+
+    def queue_start(self) -> None:
+        responder = self.responder
+        if responder.status is None:
+            raise RuntimeError("the WSGI app did not call start_response()")
+        responder.headers_sent = True
+        self.channel.queue(start_frame(responder.status, responder.headers))
+
+    def stream(self, result: Iterable[bytes], eager: bool) -> None:
+        channel = self.channel
+        for chunk in result:
+            if not isinstance(chunk, bytes):
+                raise TypeError(f"WSGI app yielded {type(chunk).__name__}, not bytes")
+            if self.queue_body(chunk):
+                break
+            if not eager or channel.out_size >= FLUSH_AT:
+                channel.flush()
+                if channel.check_abort():
+                    return
+
+    def queue_body(self, chunk: bytes) -> bool:
+        """Queue one chunk, cut to Content-Length; True once Content-Length is reached."""
+        if not self.responder.headers_sent:
+            self.queue_start()
+        limit = self.responder.content_length
+        if limit is not None and self.sent + len(chunk) > limit:
+            self.emit_log(f"response body longer than its Content-Length ({limit}); cut")
+            chunk = chunk[: limit - self.sent]
+        self.channel.queue(*body_frames(chunk))
+        self.sent += len(chunk)
+        return self.sent == limit
+
+    def write(self, data: bytes) -> None:
+        """PEP 3333 ``write()``: the data leaves before ``write`` returns."""
+        if not isinstance(data, bytes):
+            raise TypeError(f"write() takes bytes, not {type(data).__name__}")
+        self.queue_body(data)
+        self.channel.flush()
+        if self.channel.check_abort():
+            raise ClientDisconnected("client disconnected")
+
+
+def _die_with_parent(front_pid: int) -> None:
+    """Ask Linux to SIGKILL us when the front dies, however it dies."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != front_pid:
+        os._exit(1)
+
+
+def _set_title(title: str) -> None:
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(title)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    _die_with_parent(int(argv[0]))
+    rfd, wfd = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)  # print() goes to stderr, never into the channel
+    os.close(devnull)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the front decides when workers stop
+    channel = Channel(rfd, wfd)
+    hello = channel.next_frame()
+    if hello[0] != HELLO:
+        raise SystemExit(f"wsgipool worker: expected HELLO, got {hello[0]!r}")
+    options: dict[str, Any] = hello[1]
+    sys.path[:] = options["sys_path"]
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=options.get("log_level", "INFO"),
+            format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+        )
+    _set_title(f"wsgipool: worker {options['worker_id']} [{label(options['app'])}]")
+    os.environ["WSGIPOOL_WORKER_LOADING"] = "1"
+    try:
+        app = load(options["app"])
+    except AppLoadError as exc:
+        channel.send(pack([FAILED, str(exc), traceback.format_exc()]))
+        raise SystemExit(3) from None
+    del os.environ["WSGIPOOL_WORKER_LOADING"]
+    channel.send(pack([READY, os.getpid()]))
+    Worker(channel, app).serve_forever()
+
+
+if __name__ == "__main__":
+    main()
