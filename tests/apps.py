@@ -1,0 +1,229 @@
+"""WSGI apps the tests serve; workers import them as ``apps:<name>``."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+from urllib.parse import parse_qs
+from wsgiref.validate import validator
+
+Environ = dict[str, Any]
+
+
+def _q(environ: Environ, name: str, default: str = "") -> str:
+    return parse_qs(environ.get("QUERY_STRING", "")).get(name, [default])[0]
+
+
+def hello(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "13")])
+    return [b"Hello, world!"]
+
+
+validated_hello = validator(hello)
+
+
+def pid(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(os.getpid()).encode()]
+
+
+def environ_json(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """The environ as JSON (str values only), plus the types of the wsgi.* objects."""
+    data = {k: v for k, v in environ.items() if isinstance(v, (str, bool, int, tuple))}
+    data["wsgi.input.type"] = type(environ["wsgi.input"]).__name__
+    data["has_file_wrapper"] = "wsgi.file_wrapper" in environ
+    body = json.dumps(data).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body]
+
+
+def echo(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """Echo the body, read the way ``?mode=`` says (read, readline, lines, iter, chunks)."""
+    stream = environ["wsgi.input"]
+    mode = _q(environ, "mode", "read")
+    if mode == "read":
+        body = stream.read()
+    elif mode == "readline":
+        body = b"|".join(iter(stream.readline, b""))
+    elif mode == "lines":
+        body = b"|".join(stream.readlines())
+    elif mode == "iter":
+        body = b"|".join(stream)
+    else:  # chunks of N bytes
+        size = int(mode)
+        parts = []
+        while part := stream.read(size):
+            parts.append(part)
+        body = b"".join(parts)
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return [body]
+
+
+def upload_size(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """Read the body in 64 KiB blocks and answer its length: memory stays flat."""
+    stream = environ["wsgi.input"]
+    total = 0
+    while block := stream.read(65536):
+        total += len(block)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(total).encode()]
+
+
+def _blocks(count: int, size: int) -> Iterator[bytes]:
+    block = b"x" * size
+    for _ in range(count):
+        yield block
+
+
+def download(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """``?mib=N``: N MiB in 64 KiB chunks, produced lazily."""
+    mib = int(_q(environ, "mib", "1"))
+    start_response(
+        "200 OK",
+        [("Content-Type", "application/octet-stream"), ("Content-Length", str(mib << 20))],
+    )
+    return _blocks(mib * 16, 65536)
+
+
+class Tracked:
+    """An iterable that records in a file when close() was called."""
+
+    def __init__(self, path: str, chunks: Iterator[bytes]) -> None:
+        self.path = path
+        self.chunks = chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.chunks
+
+    def close(self) -> None:
+        with open(self.path, "w") as f:
+            f.write("closed")
+
+
+def _endless() -> Iterator[bytes]:
+    while True:
+        time.sleep(0.005)
+        yield b"tick\n"
+
+
+def endless(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """Streams forever; ``?marker=PATH`` gets "closed" written when close() runs."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return Tracked(_q(environ, "marker"), _endless())
+
+
+def closing(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return Tracked(_q(environ, "marker"), iter([b"a", b"b"]))
+
+
+def fail(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """Failures by ``?how=``."""
+    how = _q(environ, "how")
+    if how == "raise":
+        raise RuntimeError("boom before headers")
+    if how == "sigkill":
+        os.kill(os.getpid(), 9)
+    if how == "exit":
+        os._exit(7)
+    if how == "segfault":
+        ctypes.string_at(0)
+    if how == "status":
+        start_response("OK", [])
+    elif how == "header":
+        start_response("200 OK", [("X-Bad", "a\r\nb")])
+    elif how == "latin1":
+        start_response("200 OK", [("X-Bad", "\u20ac")])
+    elif how == "str":
+        start_response("200 OK", [])
+        return ["text"]  # type: ignore[list-item]
+    elif how == "no-start":
+        return [b"body"]
+    elif how == "midway":
+        start_response("200 OK", [])
+        return _midway()
+    elif how == "crash-midway":
+        start_response("200 OK", [])
+        return _crash_midway()
+    elif how == "sleep":
+        time.sleep(float(_q(environ, "s", "60")))
+        start_response("200 OK", [])
+    return [b"unreachable?"]
+
+
+def _midway() -> Iterator[bytes]:
+    yield b"first"
+    raise RuntimeError("boom midway")
+
+
+def _crash_midway() -> Iterator[bytes]:
+    yield b"first"
+    sys.stdout.flush()
+    os.kill(os.getpid(), 9)
+    yield b"never"
+
+
+def exc_info_app(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """Starts a 200, fails, and replaces it with a 500 through exc_info (PEP 3333)."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    try:
+        raise ValueError("changed my mind")
+    except ValueError:
+        start_response("500 Oops", [("Content-Type", "text/plain")], sys.exc_info())
+    return [b"handled"]
+
+
+def printer(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    print("noise on stdout that must not reach the channel", flush=True)
+    sys.stdout.write("\x92\x02\xc4\x05junk\n")
+    sys.stdout.flush()
+    os.write(1, b"raw fd 1 write\n")
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"quiet"]
+
+
+def writer(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """Uses the write() callable, then returns more chunks."""
+    write = start_response("200 OK", [("Content-Type", "text/plain")])
+    write(b"one,")
+    write(b"two,")
+    return [b"three"]
+
+
+def long_length(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """Declares 5 bytes, yields more (cut at 5, iteration stops)."""
+    start_response("200 OK", [("Content-Length", "5")])
+    return iter([b"abc", b"defgh", b"never"])
+
+
+def empty_chunks(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    start_response("204 No Content", [])
+    return [b"", b""]
+
+
+def latin1_headers(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    start_response("200 OK", [("X-Name", "caf\xe9")])
+    return [b"ok"]
+
+
+def errors_log(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    environ["wsgi.errors"].write("a line for the log\n")
+    environ["wsgi.errors"].flush()
+    start_response("200 OK", [])
+    return [b"logged"]
+
+
+def file_response(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    path = _q(environ, "path")
+    start_response("200 OK", [("Content-Length", str(os.path.getsize(path)))])
+    return environ["wsgi.file_wrapper"](open(path, "rb"), 8192)  # noqa: SIM115
+
+
+def cwd(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    start_response("200 OK", [])
+    return [os.getcwd().encode()]
