@@ -24,7 +24,6 @@ def hello(environ: Environ, start_response: Any) -> Iterable[bytes]:
     return [b"Hello, world!"]
 
 
-validated_hello = validator(hello)
 
 
 def pid(environ: Environ, start_response: Any) -> Iterable[bytes]:
@@ -60,6 +59,13 @@ def echo(environ: Environ, start_response: Any) -> Iterable[bytes]:
         while part := stream.read(size):
             parts.append(part)
         body = b"".join(parts)
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return [body]
+
+
+def sized_echo(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """Echo exactly CONTENT_LENGTH bytes, reading the way PEP 3333's validator accepts."""
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
     start_response("200 OK", [("Content-Type", "application/octet-stream")])
     return [body]
 
@@ -227,3 +233,56 @@ def file_response(environ: Environ, start_response: Any) -> Iterable[bytes]:
 def cwd(environ: Environ, start_response: Any) -> Iterable[bytes]:
     start_response("200 OK", [])
     return [os.getcwd().encode()]
+
+
+class Holder:
+    """An object whose bound method is the app (like ``flask_app.wsgi_app``)."""
+
+    def wsgi(self, environ: Environ, start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        return [b"held"]
+
+
+holder = Holder()
+Holder.app = holder  # type: ignore[attr-defined]
+
+
+validated_hello = validator(hello)
+validated_echo = validator(sized_echo)
+validated_writer = validator(writer)
+
+
+def _channel_fd() -> int:
+    import gc
+
+    for obj in gc.get_objects():
+        if type(obj).__name__ == "Channel" and hasattr(obj, "wfd"):
+            return int(obj.wfd)
+    raise RuntimeError("no channel found")
+
+
+def corrupt(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """Writes straight into the worker's channel, by ``?how=``."""
+    fd = _channel_fd()
+    how = _q(environ, "how")
+    if how == "huge":
+        os.write(fd, b"\x7f\xff\xff\xff\x02")  # a body frame claiming 2 GiB
+    elif how == "kind":
+        os.write(fd, b"\x00\x00\x00\x01\x63\x00")  # a frame kind that does not exist
+    elif how == "msgpack":
+        os.write(fd, b"\x00\x00\x00\x01\x0c\xc1")  # START with a byte msgpack never uses
+    else:
+        os.write(fd, b"\x00\x00\x00\x02\x0c\x92\x01")  # START [1] with a missing field
+    time.sleep(30)
+    return []
+
+
+def spawner(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """Starts a grandchild, reports its pid, then hangs."""
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    with open(_q(environ, "pidfile"), "w") as f:
+        f.write(str(child.pid))
+    time.sleep(120)
+    return []

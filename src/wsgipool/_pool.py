@@ -136,13 +136,20 @@ class Pool:
     async def start(self) -> None:
         """Start every worker; the first one that fails to load the app fails the start."""
         self.closing = False
-        missing = self.target - self.size
+        errors: list[Exception] = []
         async with anyio.create_task_group() as tg:
-            for _ in range(missing):
-                tg.start_soon(self._spawn_idle)
+            for _ in range(self.target - self.size):
+                tg.start_soon(self._spawn_idle, errors)
+        if errors:
+            raise errors[0]
 
-    async def _spawn_idle(self) -> None:
-        self._offer(await self._spawn())
+    async def _spawn_idle(self, errors: list[Exception] | None = None) -> None:
+        try:
+            self._offer(await self._spawn())
+        except (AppLoadError, WorkerError, OSError, TimeoutError) as exc:
+            if errors is None:
+                return  # logged and backed off in _spawn
+            errors.append(exc)
 
     async def acquire(self) -> WorkerProcess:
         """A worker for one request: idle now, started for us, or after waiting in the queue."""
@@ -269,14 +276,8 @@ class Pool:
             if missing > 0 and time.monotonic() >= self.backoff_until:
                 async with anyio.create_task_group() as tg:
                     for _ in range(missing):
-                        tg.start_soon(self._replace)
+                        tg.start_soon(self._spawn_idle)
             await anyio.sleep(TICK)
-
-    async def _replace(self) -> None:
-        try:
-            await self._spawn_idle()
-        except (AppLoadError, WorkerError, OSError, TimeoutError):
-            pass  # logged and backed off in _spawn
 
     async def aclose(self) -> None:
         """Stop taking requests, let busy workers finish (graceful_timeout), stop all."""

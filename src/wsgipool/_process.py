@@ -90,7 +90,7 @@ class WorkerProcess:
         os.set_blocking(to_child_w, False)
         os.set_blocking(from_child_r, False)
         worker = cls(worker_id, popen, from_child_r, to_child_w)
-        os.write(to_child_w, proto.pack([proto.HELLO, hello]))  # small: fits the empty pipe
+        os.write(to_child_w, proto.pack(proto.HELLO, hello))  # small: fits the empty pipe
         return worker
 
     async def ready(self, timeout: float) -> None:

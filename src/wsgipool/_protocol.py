@@ -1,29 +1,32 @@
 """Frames exchanged between the front and a worker over the worker's pipes.
 
-A frame is one msgpack array ``[kind, *fields]``; msgpack is self-delimiting, so frames
-need no length prefix. Bodies travel as msgpack ``bin`` so a chunk is never re-encoded,
-and large chunks are written with ``writev`` behind a hand-built header instead of copied.
+A frame is a 5-byte header (payload length, big-endian uint32; kind, one byte) and the
+payload. Body chunks are raw bytes, so a chunk is never re-encoded and a large one is
+written with ``writev`` behind its header instead of copied; every other payload is a
+msgpack array of the frame's fields. The length comes first so a reader can refuse an
+oversized frame before buffering any of it.
 
 Front -> worker::
 
-    [HELLO, {"app": spec, "sys_path": [...], "worker_id": int}]   once, at start
-    [REQUEST, environ]        CGI part of the environ: str -> str
-    [BODY, bytes]             a request body chunk, in order
-    [EOF]                     the request body is complete
-    [ABORT]                   the client went away: stop the response
+    HELLO    {"app": spec, "sys_path": [...], "worker_id": int, ...}   once, at start
+    REQUEST  environ          the CGI part of the environ: str -> str
+    BODY     <bytes>          a request body chunk, in order
+    EOF                       the request body is complete
+    ABORT                     the client went away: stop the response
 
 Worker -> front::
 
-    [READY, pid]              the app imported; the worker takes requests
-    [FAILED, message]         the app did not import; the worker exits
-    [START, status, headers]  status int, headers [[name, value], ...] as latin-1 bytes
-    [BODY, bytes]             a response chunk, exactly as the app yielded it
-    [END]                     the response is complete (after START)
-    [ERROR, message]          the app failed; before START the front answers 500
-    [LOG, level, message]     a line the app wrote to ``wsgi.errors``
+    READY    pid              the app imported; the worker takes requests
+    FAILED   message, tb      the app did not import; the worker exits
+    START    status, headers  status int, headers [[name, value], ...] as latin-1 bytes
+    BODY     <bytes>          a response chunk, exactly as the app yielded it
+    END                       the response is complete (after START)
+    ERROR    message          the app failed; before START the front answers 500
+    LOG      level, message   a line the app wrote to ``wsgi.errors``
 
-The worker ignores everything but REQUEST while idle, so frames the front sent for a
-request that has already ended (late body chunks, a late ABORT) are harmless.
+Decoded, a frame is a list ``[kind, *fields]``. The worker ignores everything but
+REQUEST while idle, so frames the front sent for a request that has already ended (late
+body chunks, a late ABORT) are harmless.
 """
 
 from __future__ import annotations
@@ -54,63 +57,92 @@ MAX_CHUNK: Final = 16 * 1024 * 1024
 
 Frame = list[Any]
 
-_packer = msgpack.Packer(use_bin_type=True, autoreset=True)
-pack = _packer.pack
+_HEADER = struct.Struct(">IB")
+_packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
-END_FRAME: Final = pack([END])
-EOF_FRAME: Final = pack([EOF])
-ABORT_FRAME: Final = pack([ABORT])
+
+def pack(kind: int, *fields: Any) -> bytes:
+    """One whole frame whose payload is the msgpack array of ``fields``."""
+    payload = _packb(list(fields)) if fields else b""
+    return _HEADER.pack(len(payload), kind) + payload
+
+
+END_FRAME: Final = pack(END)
+EOF_FRAME: Final = pack(EOF)
+ABORT_FRAME: Final = pack(ABORT)
 
 
 def body_header(size: int) -> bytes:
-    """The bytes of ``[BODY, <bin of size bytes>]`` up to the payload itself."""
-    if size < 0x100:
-        return b"\x92\x02\xc4" + bytes((size,))
-    if size < 0x10000:
-        return b"\x92\x02\xc5" + struct.pack(">H", size)
-    return b"\x92\x02\xc6" + struct.pack(">I", size)
+    """The header of a BODY frame carrying ``size`` bytes."""
+    return _HEADER.pack(size, BODY)
 
 
 def body_frames(chunk: bytes | bytearray | memoryview) -> list[bytes | memoryview]:
     """Pieces whose concatenation is one or more BODY frames carrying ``chunk``."""
+    if len(chunk) <= MAX_CHUNK:
+        return [_HEADER.pack(len(chunk), BODY), chunk]  # type: ignore[list-item]
     view = memoryview(chunk)
-    if len(view) <= MAX_CHUNK:
-        return [body_header(len(view)), view]
     pieces: list[bytes | memoryview] = []
     for start in range(0, len(view), MAX_CHUNK):
         part = view[start : start + MAX_CHUNK]
-        pieces += (body_header(len(part)), part)
+        pieces += (_HEADER.pack(len(part), BODY), part)
     return pieces
 
 
 def request_frame(environ: dict[str, str]) -> bytes:
-    return pack([REQUEST, environ])
+    return pack(REQUEST, environ)
 
 
 def start_frame(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
-    return pack([START, status, headers])
+    return pack(START, status, headers)
+
+
+_KINDS = frozenset({HELLO, REQUEST, BODY, EOF, ABORT, READY, FAILED, START, END, ERROR, LOG})
 
 
 class FrameReader:
     """Incremental decoder: feed it bytes, take whole frames out.
 
-    Any decoding problem becomes :class:`ProtocolError`, so callers have one thing to catch.
+    Every decoding problem (unknown kind, oversized frame, bad msgpack) becomes
+    :class:`ProtocolError`, so callers have one thing to catch.
     """
 
-    __slots__ = ("_unpacker",)
+    __slots__ = ("_buf", "_max")
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
-        self._unpacker = msgpack.Unpacker(
-            max_buffer_size=max_frame, raw=False, use_list=True, strict_map_key=True
-        )
+        self._buf = b""
+        self._max = max_frame
 
     def feed(self, data: bytes) -> list[Frame]:
-        try:
-            self._unpacker.feed(data)
-            frames = list(self._unpacker)
-        except Exception as exc:  # msgpack raises several unrelated types
-            raise ProtocolError(f"undecodable frame: {exc!r}") from exc
-        for frame in frames:
-            if type(frame) is not list or not frame or type(frame[0]) is not int:
-                raise ProtocolError(f"malformed frame: {frame!r:.200}")
+        buf = self._buf + data if self._buf else data
+        frames: list[Frame] = []
+        pos, end = 0, len(buf)
+        unpack_header = _HEADER.unpack_from
+        while end - pos >= 5:
+            size, kind = unpack_header(buf, pos)
+            if size > self._max:
+                raise ProtocolError(f"frame of {size} bytes exceeds the {self._max} byte limit")
+            stop = pos + 5 + size
+            if stop > end:
+                break
+            if kind == BODY:
+                frames.append([BODY, buf[pos + 5 : stop]])
+            else:
+                frames.append(self._decode(kind, buf[pos + 5 : stop]))
+            pos = stop
+        self._buf = buf[pos:] if pos < end else b""
         return frames
+
+    @staticmethod
+    def _decode(kind: int, payload: bytes) -> Frame:
+        if kind not in _KINDS:
+            raise ProtocolError(f"unknown frame kind {kind}")
+        if not payload:
+            return [kind]
+        try:
+            fields = msgpack.unpackb(payload, raw=False, use_list=True, strict_map_key=True)
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise ProtocolError(f"undecodable frame payload: {exc!r}") from exc
+        if type(fields) is not list:
+            raise ProtocolError(f"malformed frame payload: {fields!r:.200}")
+        return [kind, *fields]

@@ -125,7 +125,7 @@ class Worker:
             # anything else is a leftover of a finished request: ignore it
 
     def emit_log(self, line: str) -> None:
-        self.channel.send(pack([LOG, logging.ERROR, line]))
+        self.channel.send(pack(LOG, logging.ERROR, line))
 
     def handle(self, cgi: dict[str, Any]) -> None:
         channel = self.channel
@@ -165,7 +165,7 @@ class Worker:
         request = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
         self.channel.out.clear()
         self.channel.out_size = 0
-        self.channel.send(pack([ERROR, f"Exception in WSGI app for {request}\n{tb}"]))
+        self.channel.send(pack(ERROR, f"Exception in WSGI app for {request}\n{tb}"))
 
     def queue_start(self) -> None:
         responder = self.responder
@@ -253,10 +253,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app = load(options["app"])
     except AppLoadError as exc:
-        channel.send(pack([FAILED, str(exc), traceback.format_exc()]))
+        channel.send(pack(FAILED, str(exc), traceback.format_exc()))
         raise SystemExit(3) from None
     del os.environ["WSGIPOOL_WORKER_LOADING"]
-    channel.send(pack([READY, os.getpid()]))
+    channel.send(pack(READY, os.getpid()))
     Worker(channel, app).serve_forever()
 
 
