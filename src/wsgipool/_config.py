@@ -41,6 +41,11 @@ def parse_seconds(text: str) -> float | None:
     return float(text)
 
 
+def parse_names(text: str) -> tuple[str, ...]:
+    """``"PATH, HOME"`` -> ``("PATH", "HOME")``."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 def parse_bool(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -96,6 +101,26 @@ class Config:
     )
     max_requests: int = option(0, "retire a worker after this many requests (0: never)", int)
     max_requests_jitter: int = option(0, "random 0..N added to max_requests per worker", int)
+    max_lifetime: float | None = option(
+        None, "retire a worker after this many seconds; none: never", parse_seconds
+    )
+    max_lifetime_jitter: float = option(0.0, "random 0..N seconds added to max_lifetime", float)
+    max_rss: int | None = option(
+        None, "retire a worker whose resident memory exceeds this after a request, e.g. 512MiB",
+        parse_size,
+    )
+    max_workers: int | None = option(
+        None, "grow up to this many workers while requests wait (default: workers)", int
+    )
+    idle_timeout: float = option(
+        60.0, "seconds a worker above `workers` may stay idle before it is retired", float
+    )
+    user: str | None = option(None, "run workers as this user (the front must be root)", str)
+    group: str | None = option(None, "run workers with this group (the front must be root)", str)
+    worker_env: tuple[str, ...] | None = option(
+        None, "comma-separated environment variables workers may see; default: all",
+        parse_names,
+    )
     log_level: str = option("info", "log level of the workers' own logging", str)
 
     def __post_init__(self) -> None:
@@ -109,7 +134,19 @@ class Config:
         for name in ("timeout", "graceful_timeout", "queue_timeout"):
             value = getattr(self, name)
             checks[name] = value is None or value > 0
-        checks["max_body_size"] = self.max_body_size is None or self.max_body_size >= 0
+        for name in ("max_body_size", "max_rss", "max_lifetime"):
+            value = getattr(self, name)
+            checks[name] = value is None or value > 0
+        checks["max_lifetime_jitter"] = self.max_lifetime_jitter >= 0
+        checks["idle_timeout"] = self.idle_timeout > 0
+        if self.max_workers is None:
+            object.__setattr__(self, "max_workers", self.workers)
+        checks["max_workers"] = self.max_workers is not None and self.max_workers >= self.workers
+        if isinstance(self.worker_env, (list, str)):
+            names = self.worker_env
+            object.__setattr__(
+                self, "worker_env", parse_names(names) if isinstance(names, str) else tuple(names)
+            )
         for name, ok in checks.items():
             if not ok:
                 raise ConfigError(f"invalid {name}: {getattr(self, name)!r}")
@@ -121,8 +158,10 @@ class Config:
         unknown = sorted(set(options) - known)
         if unknown:
             raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
-        if isinstance(options.get("max_body_size"), str):
-            options = {**options, "max_body_size": parse_size(options["max_body_size"])}
+        options = dict(options)
+        for name in ("max_body_size", "max_rss"):
+            if isinstance(options.get(name), str):
+                options[name] = parse_size(options[name])
         try:
             return cls(**options)
         except TypeError as exc:

@@ -31,6 +31,8 @@ from ._process import WorkerProcess, describe_exit
 from ._types import Message, Receive, Send
 
 log = logging.getLogger("wsgipool.front")
+#: Seconds a worker gets to stop a response after its client went away.
+ABORT_GRACE = 5.0
 app_log = logging.getLogger("wsgipool.app")
 
 
@@ -61,6 +63,7 @@ class Exchange:
         self.pending: Message | None = None  # a start message waiting for the first chunk
         self.disconnected = False
         self.too_large = False
+        self._reading: anyio.CancelScope | None = None
 
     # -- responses of our own -------------------------------------------------------
 
@@ -93,26 +96,51 @@ class Exchange:
         ):
             await self.respond(413, "Payload Too Large", (b"connection", b"close"))
             return
-        payload = [proto.request_frame(cgi)]
+        payload: list[bytes | memoryview] = [proto.request_frame(cgi)]
         if body:
             payload += proto.body_frames(body)
         if not more:
             payload.append(proto.EOF_FRAME)
-        data = b"".join(payload)
+        worker = await self._dispatch(b"".join(payload), watch=not more)
+        if worker is not None:
+            await self._serve(worker, more, len(body))
+
+    async def _dispatch(self, data: bytes, watch: bool) -> WorkerProcess | None:
+        """Hand the request to a worker; one that died before reading it is replaced once."""
         for attempt in (1, 2):
-            worker = await self._acquire()
+            if watch and not self.pool.idle:
+                worker = await self._acquire_watching()
+            else:
+                worker = await self._acquire()
             if worker is None:
-                return
+                return None
             try:
                 await worker.write(data)
-                break
+                return worker
             except WorkerGoneError:
-                # It died before reading anything: the request is untouched, try another.
                 self.pool.discard(worker, "died while idle")
                 if attempt == 2:
                     await self.respond(502, "Bad Gateway")
-                    return
-        await self._serve(worker, more, len(body))
+        return None
+
+    async def _acquire_watching(self) -> WorkerProcess | None:
+        """Wait for a worker, but leave the queue if the client disconnects meanwhile."""
+        worker = None
+
+        async def watch(scope: anyio.CancelScope) -> None:
+            message = await self.receive()  # the body is complete: only a disconnect comes
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch, tg.cancel_scope)
+            worker = await self._acquire()
+            tg.cancel_scope.cancel()
+        if self.disconnected and worker is not None:
+            self.pool.release(worker, served=False)
+            return None
+        return worker
 
     async def _acquire(self) -> WorkerProcess | None:
         try:
@@ -158,13 +186,26 @@ class Exchange:
     # -- worker -> client -----------------------------------------------------------
 
     async def _read(self, worker: WorkerProcess) -> list[proto.Frame]:
-        if self.remaining is None:
+        if self.remaining is None and not self.disconnected:
             return await worker.read()
-        with anyio.move_on_after(self.remaining) as scope:
-            return await worker.read()
-        if scope.cancelled_caught:
-            raise WorkerTimeoutError(f"no response within {self.pool.config.timeout}s")
-        raise AssertionError("unreachable")
+        limit = self.remaining if self.remaining is not None else ABORT_GRACE
+        if self.disconnected:
+            limit = min(limit, ABORT_GRACE)
+        with anyio.move_on_after(limit) as scope:
+            self._reading = scope
+            try:
+                return await worker.read()
+            finally:
+                self._reading = None
+        if self.disconnected:
+            raise WorkerTimeoutError(f"did not stop within {ABORT_GRACE}s of the client leaving")
+        raise WorkerTimeoutError(f"no response within {self.pool.config.timeout}s")
+
+    def _client_left(self) -> None:
+        """The client is gone: the worker gets ABORT_GRACE seconds to stop."""
+        self.disconnected = True
+        if self._reading is not None:
+            self._reading.deadline = min(self._reading.deadline, anyio.current_time() + ABORT_GRACE)
 
     async def _relay(self, worker: WorkerProcess, once: bool) -> bool:
         """Pass frames on until END; with ``once``, stop after one read. True when done."""
@@ -254,7 +295,7 @@ class Exchange:
             else:
                 message = await self.receive()  # returns only once the client has gone
             if message["type"] == "http.disconnect":
-                self.disconnected = True
+                self._client_left()
             async with lock:
                 await worker.write(proto.ABORT_FRAME)
         except WorkerError:
@@ -273,7 +314,9 @@ class Exchange:
         await worker.wait(1.0)
 
     async def _fail(self, worker: WorkerProcess, exc: WorkerError) -> None:
-        if isinstance(exc, WorkerTimeoutError):
+        if isinstance(exc, WorkerTimeoutError) and self.disconnected:
+            status, text, reason = 504, "Gateway Timeout", "stuck after disconnect"
+        elif isinstance(exc, WorkerTimeoutError):
             status, text, reason = 504, "Gateway Timeout", "timeout"
         elif isinstance(exc, WorkerGoneError):
             status, text, reason = 502, "Bad Gateway", "crashed"

@@ -78,6 +78,12 @@ class WsgiToAsgi:
         """Start every worker now (what lifespan startup does)."""
         await self.pool.start()
 
+    async def reload(self) -> None:
+        """Rolling restart: replace every worker, one at a time, with one that re-imports
+        the app; zero failed requests. If the new code fails to import, the old workers
+        keep serving and :class:`AppLoadError` carries the app's own error."""
+        await self.pool.reload()
+
     async def aclose(self) -> None:
         """Stop every worker: in-flight requests get ``graceful_timeout`` to finish."""
         await self.pool.aclose()

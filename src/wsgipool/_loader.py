@@ -150,7 +150,7 @@ def load(spec: AppSpec) -> Callable[..., Any]:
         raise AppLoadError(f"{type(exc).__name__}: {exc}") from exc
     if not callable(app):
         raise AppLoadError(f"{label(spec)} is not callable: {app!r}")
-    return app  # type: ignore[no-any-return]
+    return app
 
 
 def _load(spec: AppSpec) -> object:

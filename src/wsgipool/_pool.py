@@ -1,15 +1,17 @@
-"""Supervision of the worker processes: spawn, dispatch, queue, replace, shut down.
+"""Supervision of the worker processes: spawn, dispatch, queue, recycle, replace, stop.
 
-The pool works with or without a host task. Under ASGI lifespan it starts every worker
-up front and runs :meth:`Pool.supervise` in the lifespan task, which replaces dead workers
-at once. Without lifespan the pool grows lazily: a request that finds no idle worker and
-spare capacity starts one itself, and dead or retired workers are noticed on the next
-dispatch. Exited processes are reaped by polling, never by signal handlers.
+The pool works with or without a host task. Under ASGI lifespan it starts ``workers``
+processes up front and runs :meth:`Pool.supervise` in the lifespan task, which replaces
+dead workers at once and recycles old ones. Without lifespan the pool grows lazily: a
+request that finds no idle worker and spare capacity starts one itself, and dead or
+retired workers are noticed on the next dispatch. Exited processes are reaped by polling,
+never in signal handlers.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import signal
 import sys
@@ -23,15 +25,18 @@ import anyio
 from ._config import Config
 from ._errors import AppLoadError, OverloadedError, PoolClosedError, WorkerError
 from ._loader import AppSpec
-from ._process import WorkerProcess, describe_exit
+from ._process import WorkerProcess, describe_exit, resolve_identity
 
 log = logging.getLogger("wsgipool.pool")
 
-#: How often the supervisor looks at its workers when nothing wakes it earlier.
+#: How often the supervisor looks at its workers.
 TICK = 0.1
 #: Seconds between SIGTERM and SIGKILL for a worker being killed.
 KILL_GRACE = 2.0
+#: Seconds a retired worker gets to exit on its own before it is killed.
+RETIRE_GRACE = 10.0
 MAX_BACKOFF = 30.0
+_START_ERRORS = (AppLoadError, WorkerError, OSError, TimeoutError)
 
 
 class _Waiter:
@@ -50,20 +55,37 @@ def _kill_all(workers: set[WorkerProcess]) -> None:
     workers.clear()
 
 
+def _jitter(limit: float) -> float:
+    return random.uniform(0, limit) if limit > 0 else 0.0
+
+
+def rss_of(pid: int) -> int | None:
+    """Resident memory of ``pid`` in bytes (Linux ``/proc``; None elsewhere or if gone)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Pool:
-    """A fixed number of worker processes serving one app, one request each at a time."""
+    """Worker processes serving one app, one request each at a time."""
 
     def __init__(self, spec: AppSpec, config: Config) -> None:
         self.spec = spec
         self.config = config
         self.target = config.workers
+        self.limit = config.max_workers or config.workers
+        self.identity = resolve_identity(config.user, config.group)
         self.idle: list[WorkerProcess] = []
         self.busy: set[WorkerProcess] = set()
-        self.exiting: dict[WorkerProcess, float] = {}  # worker -> when to SIGKILL
+        self.retiring: set[WorkerProcess] = set()  # busy, replaced once they finish
+        self.exiting: dict[WorkerProcess, float] = {}  # stopped, reaped by -> deadline
         self.starting = 0
         self.closing = False
         self.failures = 0
         self.backoff_until = 0.0
+        self.last_error: str | None = None
         self.restarts: dict[str, int] = {}
         self._waiters: deque[_Waiter] = deque()
         self._all: set[WorkerProcess] = set()
@@ -71,24 +93,37 @@ class Pool:
         self._next_id = 1
         self._finalizer = weakref.finalize(self, _kill_all, self._all)
 
-    # -- capacity ---------------------------------------------------------------------
+    # -- capacity -------------------------------------------------------------------
 
     @property
     def size(self) -> int:
-        """Workers alive or on their way up (what counts against ``workers``)."""
-        return len(self.idle) + len(self.busy) + self.starting
+        """Workers that count against ``workers``: alive, not retiring, or on their way up."""
+        return len(self.idle) + len(self.busy) - len(self.retiring) + self.starting
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
 
     def _hello(self, worker_id: int) -> dict[str, Any]:
-        return {
+        hello: dict[str, Any] = {
             "app": self.spec,
             "sys_path": list(sys.path),
             "worker_id": worker_id,
             "log_level": self.config.log_level.upper(),
         }
+        if self.identity is not None:
+            hello["uid"], hello["gid"] = self.identity
+        return hello
+
+    def _env(self) -> dict[str, str] | None:
+        allowed = self.config.worker_env
+        if allowed is None:
+            return None
+        return {name: os.environ[name] for name in allowed if name in os.environ}
 
     def _take_id(self) -> int:
         if self._free_ids:
-            return self._free_ids.pop()
+            return self._free_ids.pop(self._free_ids.index(min(self._free_ids)))
         self._next_id += 1
         return self._next_id - 1
 
@@ -98,7 +133,7 @@ class Pool:
         worker_id = self._take_id()
         worker = None
         try:
-            worker = WorkerProcess.spawn(worker_id, self._hello(worker_id), None)
+            worker = WorkerProcess.spawn(worker_id, self._hello(worker_id), self._env())
             self._all.add(worker)
             await worker.ready(self.config.startup_timeout)
         except BaseException as exc:
@@ -107,19 +142,27 @@ class Pool:
                 worker.kill_now()
             else:
                 self._free_ids.append(worker_id)
-            if isinstance(exc, (AppLoadError, WorkerError, OSError, TimeoutError)):
+            if isinstance(exc, _START_ERRORS):
                 self._note_failure(exc)
             raise
         finally:
             self.starting -= 1
         self.failures = 0
-        if self.config.max_requests:
-            worker.request_limit = self.config.max_requests + jitter(self.config.max_requests_jitter)
+        self._set_limits(worker)
         log.info("worker %d started (pid %d)", worker.id, worker.pid)
         return worker
 
+    def _set_limits(self, worker: WorkerProcess) -> None:
+        config = self.config
+        if config.max_requests:
+            worker.request_limit = config.max_requests + int(_jitter(config.max_requests_jitter))
+        if config.max_lifetime:
+            lifetime = config.max_lifetime + _jitter(config.max_lifetime_jitter)
+            worker.expires_at = worker.started_at + lifetime
+
     def _note_failure(self, exc: BaseException) -> None:
         self.failures += 1
+        self.last_error = str(exc)
         delay = min(0.1 * 2 ** (self.failures - 1), MAX_BACKOFF)
         self.backoff_until = time.monotonic() + delay
         log.error("worker failed to start (%s); next attempt in %.1fs", exc, delay)
@@ -127,14 +170,16 @@ class Pool:
     def _forget(self, worker: WorkerProcess) -> None:
         self._all.discard(worker)
         self.busy.discard(worker)
+        self.retiring.discard(worker)
         if worker in self.idle:
             self.idle.remove(worker)
-        self._free_ids.append(worker.id)
+        if worker.id not in self._free_ids:
+            self._free_ids.append(worker.id)
 
-    # -- start and dispatch -----------------------------------------------------------
+    # -- start and dispatch ---------------------------------------------------------
 
     async def start(self) -> None:
-        """Start every worker; the first one that fails to load the app fails the start."""
+        """Start ``workers`` processes; if one cannot load the app, the start fails."""
         self.closing = False
         errors: list[Exception] = []
         async with anyio.create_task_group() as tg:
@@ -146,13 +191,12 @@ class Pool:
     async def _spawn_idle(self, errors: list[Exception] | None = None) -> None:
         try:
             self._offer(await self._spawn())
-        except (AppLoadError, WorkerError, OSError, TimeoutError) as exc:
-            if errors is None:
-                return  # logged and backed off in _spawn
-            errors.append(exc)
+        except _START_ERRORS as exc:
+            if errors is not None:
+                errors.append(exc)  # else: logged and backed off in _spawn
 
     async def acquire(self) -> WorkerProcess:
-        """A worker for one request: idle now, started for us, or after waiting in the queue."""
+        """A worker for one request: idle now, started for us, or after queueing."""
         while True:
             if self.closing:
                 raise PoolClosedError("the server is shutting down")
@@ -160,16 +204,24 @@ class Pool:
             while self.idle:
                 worker = self.idle.pop()
                 if worker.alive():
-                    self.busy.add(worker)
+                    self._checkout(worker)
                     return worker
                 self._lost(worker, "died while idle")
-            if self.size < self.target and time.monotonic() >= self.backoff_until:
+            if self.size < self.limit and time.monotonic() >= self.backoff_until:
                 worker = await self._spawn()
-                self.busy.add(worker)
+                self._checkout(worker)
                 return worker
-            worker = await self._queue()
-            if worker is not None:
-                return worker
+            handed = await self._queue()
+            if handed is not None:
+                return handed
+
+    def _checkout(self, worker: WorkerProcess) -> None:
+        self.busy.add(worker)
+        worker.idle_since = None
+        last = worker.request_limit and worker.requests + 1 >= worker.request_limit
+        if last or (worker.expires_at and time.monotonic() >= worker.expires_at):
+            # Its replacement may start now, while this last request runs.
+            self._retire_after(worker, "max_requests" if last else "max_lifetime")
 
     async def _queue(self) -> WorkerProcess | None:
         if len(self._waiters) >= self.config.backlog:
@@ -177,30 +229,32 @@ class Pool:
         waiter = _Waiter()
         self._waiters.append(waiter)
         delay = self.config.queue_timeout
-        if self.size < self.target:  # capacity is owed but backing off: retry then
+        owed = self.size < self.target
+        if owed:  # capacity is owed but backing off: retry when the back-off ends
             delay = min(delay or MAX_BACKOFF, max(self.backoff_until - time.monotonic(), 0.01))
         try:
             with anyio.move_on_after(delay):
                 await waiter.event.wait()
         except BaseException:
             if waiter.worker is not None:  # handed a worker just as we were cancelled
-                self.release(waiter.worker)
+                self.release(waiter.worker, served=False)
             raise
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
-        if waiter.worker is None and not waiter.event.is_set() and self.size >= self.target:
+        if not waiter.event.is_set() and not owed:
             raise OverloadedError("no worker became free within queue_timeout")
         return waiter.worker
 
     def _offer(self, worker: WorkerProcess) -> None:
         """Give a free worker to the longest-waiting request, or park it as idle."""
-        while self._waiters:
+        if self._waiters and not self.closing:
             waiter = self._waiters.popleft()
             waiter.worker = worker
-            self.busy.add(worker)
+            self._checkout(worker)
             waiter.event.set()
             return
+        worker.idle_since = time.monotonic()
         self.idle.append(worker)
 
     def _wake_one(self) -> None:
@@ -208,37 +262,51 @@ class Pool:
         if self._waiters:
             self._waiters.popleft().event.set()
 
-    # -- after a request --------------------------------------------------------------
+    # -- after a request ------------------------------------------------------------
 
-    def release(self, worker: WorkerProcess) -> None:
-        """The request finished cleanly; recycle the worker if it has served enough."""
+    def release(self, worker: WorkerProcess, served: bool = True) -> None:
+        """The request finished cleanly: recycle the worker if it is due, else reuse it.
+
+        ``served=False`` gives back a worker that never saw the request.
+        """
         self.busy.discard(worker)
-        worker.requests += 1
-        if worker.request_limit and worker.requests >= worker.request_limit:
-            self.retire(worker, "max_requests")
-        elif self.closing:
-            self.idle.append(worker)
+        worker.requests += served
+        rss_limit = self.config.max_rss
+        if worker in self.retiring:
+            self.retiring.discard(worker)
+            self.retire(worker, worker.retire_reason or "recycled")
+        elif rss_limit and (rss_of(worker.pid) or 0) > rss_limit:
+            self.retire(worker, "max_rss")
         else:
             self._offer(worker)
 
+    def _retire_after(self, worker: WorkerProcess, reason: str) -> None:
+        """Retire ``worker`` now if idle, else once its current request is done."""
+        if worker in self.idle:
+            self.idle.remove(worker)
+            self.retire(worker, reason)
+        elif worker in self.busy and worker not in self.retiring:
+            worker.retire_reason = reason
+            self.retiring.add(worker)
+            self._wake_one()
+
     def retire(self, worker: WorkerProcess, reason: str) -> None:
-        """Let a worker exit on its own (pipe EOF) and count the restart."""
+        """Let a worker exit on its own (its pipe reaches EOF) and count the restart."""
         log.info("worker %d (pid %d) recycled: %s", worker.id, worker.pid, reason)
         self._count(reason)
         self._forget(worker)
         worker.close_pipes()
-        self.exiting[worker] = time.monotonic() + KILL_GRACE + 5.0
+        self.exiting[worker] = time.monotonic() + RETIRE_GRACE
         self._wake_one()
 
-    def discard(self, worker: WorkerProcess, reason: str, sigterm: bool = False) -> None:
-        """Kill a broken or stuck worker (its whole process group) and count the restart."""
+    def discard(self, worker: WorkerProcess, reason: str) -> None:
+        """Forget a broken worker (already signalled by the caller) and count the restart."""
         self._count(reason)
         self._forget(worker)
         if worker.alive():
-            worker.signal_group(signal.SIGTERM if sigterm else signal.SIGKILL)
-            log.warning("worker %d (pid %d) killed: %s", worker.id, worker.pid, reason)
+            worker.signal_group(signal.SIGKILL)
         worker.close_pipes()
-        self.exiting[worker] = time.monotonic() + (KILL_GRACE if sigterm else 0.0)
+        self.exiting[worker] = time.monotonic()
         self._wake_one()
 
     def _lost(self, worker: WorkerProcess, why: str) -> None:
@@ -253,7 +321,7 @@ class Pool:
         self.restarts[reason] = self.restarts.get(reason, 0) + 1
 
     def reap(self) -> None:
-        """Collect exited workers; SIGKILL the ones past their grace."""
+        """Collect exited workers; SIGKILL those past their grace."""
         now = time.monotonic()
         for worker, kill_at in list(self.exiting.items()):
             code = worker.popen.poll()
@@ -263,15 +331,13 @@ class Pool:
             elif now >= kill_at:
                 worker.signal_group(signal.SIGKILL)
 
-    # -- background supervision and shutdown ------------------------------------------
+    # -- background supervision -----------------------------------------------------
 
     async def supervise(self) -> None:
-        """Keep the pool at full size: replace dead workers, with back-off on failures."""
+        """Keep the pool at size: replace dead workers (backing off), recycle old ones."""
         while not self.closing:
             self.reap()
-            for worker in list(self.idle):
-                if not worker.alive():
-                    self._lost(worker, "died while idle")
+            self._check_idle()
             missing = self.target - self.size
             if missing > 0 and time.monotonic() >= self.backoff_until:
                 async with anyio.create_task_group() as tg:
@@ -279,13 +345,43 @@ class Pool:
                         tg.start_soon(self._spawn_idle)
             await anyio.sleep(TICK)
 
+    def _check_idle(self) -> None:
+        now = time.monotonic()
+        for worker in list(self.idle):
+            if not worker.alive():
+                self._lost(worker, "died while idle")
+            elif worker.expires_at and now >= worker.expires_at:
+                self._retire_after(worker, "max_lifetime")
+        extra = len(self.idle) + len(self.busy) - len(self.retiring) - self.target
+        for worker in sorted(self.idle, key=lambda w: w.idle_since or now):
+            if extra <= 0:
+                break
+            if now - (worker.idle_since or now) >= self.config.idle_timeout:
+                self._retire_after(worker, "idle")
+                extra -= 1
+
+    async def reload(self) -> None:
+        """Replace every worker with a fresh one that re-imports the app, one at a time.
+
+        Each new worker is ready before an old one is retired; if the new code fails to
+        import, the old workers keep serving and the app's error is raised.
+        """
+        for old in list(self.idle) + list(self.busy):
+            if old not in self._all or old in self.retiring:
+                continue
+            new = await self._spawn()
+            self._offer(new)
+            self._retire_after(old, "reload")
+        log.info("rolling restart done: %d workers", len(self.idle) + len(self.busy))
+
+    # -- shutdown -------------------------------------------------------------------
+
     async def aclose(self) -> None:
         """Stop taking requests, let busy workers finish (graceful_timeout), stop all."""
         self.closing = True
         while self._waiters:
             self._waiters.popleft().event.set()
-        grace = self.config.graceful_timeout
-        with anyio.move_on_after(grace):
+        with anyio.move_on_after(self.config.graceful_timeout):
             while self.busy or self.starting:
                 await anyio.sleep(0.01)
         workers = list(self.idle) + list(self.busy) + list(self.exiting)
@@ -303,7 +399,3 @@ class Pool:
     def kill_all(self) -> None:
         """Synchronous emergency stop (no event loop needed)."""
         self._finalizer()
-
-
-def jitter(limit: int) -> int:
-    return random.randint(0, limit) if limit > 0 else 0

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 
 from . import _protocol as proto
-from ._errors import AppLoadError, ProtocolError, WorkerGoneError
+from ._errors import AppLoadError, ConfigError, ProtocolError, WorkerGoneError
 
 log = logging.getLogger("wsgipool.pool")
 
@@ -59,6 +59,9 @@ class WorkerProcess:
         self.requests = 0
         self.started_at = time.monotonic()
         self.request_limit = 0  # retire after this many requests (0: never)
+        self.expires_at = 0.0  # retire once time.monotonic() passes this (0: never)
+        self.idle_since: float | None = None
+        self.retire_reason: str | None = None
 
     @classmethod
     def spawn(cls, worker_id: int, hello: dict[str, Any], env: dict[str, str] | None) -> WorkerProcess:
@@ -203,6 +206,23 @@ class WorkerProcess:
         self.close_pipes()
         with contextlib.suppress(Exception):
             self.popen.wait(0.5)
+
+
+def resolve_identity(user: str | None, group: str | None) -> tuple[int, int] | None:
+    """``(uid, gid)`` for the workers to switch to, or None to keep the front's."""
+    if user is None and group is None:
+        return None
+    import grp
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user) if user is not None else pwd.getpwuid(os.geteuid())
+        gid = grp.getgrnam(group).gr_gid if group is not None else entry.pw_gid
+    except KeyError as exc:
+        raise ConfigError(f"unknown user or group: {exc.args[0]}") from exc
+    if os.geteuid() != 0 and (entry.pw_uid, gid) != (os.geteuid(), os.getegid()):
+        raise ConfigError("user/group need the front to start as root")
+    return entry.pw_uid, gid
 
 
 def describe_exit(code: int | None) -> str:

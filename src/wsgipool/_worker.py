@@ -242,6 +242,10 @@ def main(argv: list[str] | None = None) -> None:
     if hello[0] != HELLO:
         raise SystemExit(f"wsgipool worker: expected HELLO, got {hello[0]!r}")
     options: dict[str, Any] = hello[1]
+    if "uid" in options:  # drop privileges before any app code runs
+        os.setgroups([])
+        os.setgid(options["gid"])
+        os.setuid(options["uid"])
     sys.path[:] = options["sys_path"]
     if not logging.getLogger().handlers:
         logging.basicConfig(

@@ -16,7 +16,8 @@ from ._types import Environ, StartResponse
 
 
 def _query(environ: Environ, name: str, default: str) -> str:
-    return parse_qs(environ.get("QUERY_STRING", "")).get(name, [default])[0]
+    values: list[str] = parse_qs(environ.get("QUERY_STRING", "")).get(name, [default])
+    return values[0]
 
 
 def _stream(count: int) -> Iterator[bytes]:
