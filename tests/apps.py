@@ -286,3 +286,12 @@ def spawner(environ: Environ, start_response: Any) -> Iterable[bytes]:
         f.write(str(child.pid))
     time.sleep(120)
     return []
+
+
+IMPORTED_AT = time.time()
+
+
+def import_stamp(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """When this module was imported in the serving process, and that process's ids."""
+    start_response("200 OK", [])
+    return [f"{IMPORTED_AT} {os.getpid()} {os.getppid()}".encode()]

@@ -121,6 +121,9 @@ class Config:
         None, "comma-separated environment variables workers may see; default: all",
         parse_names,
     )
+    preload: bool = option(
+        False, "import the app once in a template process and fork workers from it", parse_bool
+    )
     log_level: str = option("info", "log level of the workers' own logging", str)
 
     def __post_init__(self) -> None:

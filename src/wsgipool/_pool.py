@@ -25,7 +25,7 @@ import anyio
 from ._config import Config
 from ._errors import AppLoadError, OverloadedError, PoolClosedError, WorkerError
 from ._loader import AppSpec
-from ._process import WorkerProcess, describe_exit, resolve_identity
+from ._process import Template, WorkerProcess, describe_exit, resolve_identity
 
 log = logging.getLogger("wsgipool.pool")
 
@@ -87,6 +87,9 @@ class Pool:
         self.backoff_until = 0.0
         self.last_error: str | None = None
         self.restarts: dict[str, int] = {}
+        self.template: Template | None = None
+        self.old_templates: list[Template] = []
+        self._template_starting = False
         self._waiters: deque[_Waiter] = deque()
         self._all: set[WorkerProcess] = set()
         self._free_ids: list[int] = []
@@ -133,7 +136,10 @@ class Pool:
         worker_id = self._take_id()
         worker = None
         try:
-            worker = WorkerProcess.spawn(worker_id, self._hello(worker_id), self._env())
+            if self.config.preload:
+                worker = await (await self._template()).fork(worker_id)
+            else:
+                worker = WorkerProcess.spawn(worker_id, self._hello(worker_id), self._env())
             self._all.add(worker)
             await worker.ready(self.config.startup_timeout)
         except BaseException as exc:
@@ -151,6 +157,31 @@ class Pool:
         self._set_limits(worker)
         log.info("worker %d started (pid %d)", worker.id, worker.pid)
         return worker
+
+    async def _template(self) -> Template:
+        """The preload template, started (and awaited) on first use or after it died."""
+        while self._template_starting:
+            await anyio.sleep(0.005)
+        if self.template is not None and self.template.alive():
+            return self.template
+        self._template_starting = True
+        try:
+            self.template = await self._start_template()
+        finally:
+            self._template_starting = False
+        return self.template
+
+    async def _start_template(self) -> Template:
+        template = Template.start(self._hello(0), self._env())
+        self._all.add(template)
+        try:
+            await template.ready(self.config.startup_timeout)
+        except BaseException:
+            self._all.discard(template)
+            template.kill_now()
+            raise
+        log.info("preload template started (pid %d)", template.pid)
+        return template
 
     def _set_limits(self, worker: WorkerProcess) -> None:
         config = self.config
@@ -321,8 +352,14 @@ class Pool:
         self.restarts[reason] = self.restarts.get(reason, 0) + 1
 
     def reap(self) -> None:
-        """Collect exited workers; SIGKILL those past their grace."""
+        """Collect exited workers and unused old templates; SIGKILL those past their grace."""
         now = time.monotonic()
+        for template in list(self.old_templates):
+            if not any(w.template is template for w in self._all):
+                self.old_templates.remove(template)
+                self._all.discard(template)
+                template.close_pipes()  # it exits at EOF
+                self.exiting[template] = now + KILL_GRACE
         for worker, kill_at in list(self.exiting.items()):
             code = worker.popen.poll()
             if code is not None:
@@ -366,6 +403,11 @@ class Pool:
         Each new worker is ready before an old one is retired; if the new code fails to
         import, the old workers keep serving and the app's error is raised.
         """
+        if self.config.preload:  # new code comes from a new template
+            fresh = await self._start_template()
+            if self.template is not None:
+                self.old_templates.append(self.template)
+            self.template = fresh
         for old in list(self.idle) + list(self.busy):
             if old not in self._all or old in self.retiring:
                 continue
@@ -388,6 +430,11 @@ class Pool:
         async with anyio.create_task_group() as tg:
             for worker in workers:
                 tg.start_soon(self._stop, worker)
+        templates = [t for t in (self.template, *self.old_templates) if t is not None]
+        self.template, self.old_templates = None, []
+        async with anyio.create_task_group() as tg:
+            for template in templates:
+                tg.start_soon(self._stop, template)
         self.exiting.clear()
 
     async def _stop(self, worker: WorkerProcess) -> None:

@@ -12,10 +12,12 @@ import fcntl
 import logging
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import anyio
 
@@ -47,14 +49,70 @@ def _pipe() -> tuple[int, int]:
     return r, w
 
 
+#: Exit status of a forked worker: its parent is the template, which reaps it.
+EXIT_UNKNOWN = -1000
+
+
+class Child(Protocol):
+    """What the pool needs of a process handle (``subprocess.Popen`` has it)."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+class ForkedChild:
+    """Stands in for ``Popen`` for a worker forked by the preload template."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not _running(self.pid):
+            self.returncode = EXIT_UNKNOWN
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+        while (code := self.poll()) is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
+            time.sleep(0.005)
+        return code
+
+
+def _running(pid: int) -> bool:
+    """Is ``pid`` alive (a zombie waiting for its parent to reap it counts as gone)?"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+_W = TypeVar("_W", bound="WorkerProcess")
+
+
 class WorkerProcess:
     """One worker and its two pipes. Reads and writes are made by one task at a time."""
 
-    def __init__(self, worker_id: int, popen: subprocess.Popen[bytes], rfd: int, wfd: int) -> None:
+    def __init__(self, worker_id: int, popen: Child, rfd: int, wfd: int) -> None:
+        os.set_blocking(rfd, False)
+        os.set_blocking(wfd, False)
         self.id = worker_id
         self.popen = popen
         self.pid = popen.pid
         self.rfd, self.wfd = rfd, wfd
+        self.template: Template | None = None  # the preload template it was forked from
         self.reader = proto.FrameReader()
         self.requests = 0
         self.started_at = time.monotonic()
@@ -64,7 +122,13 @@ class WorkerProcess:
         self.retire_reason: str | None = None
 
     @classmethod
-    def spawn(cls, worker_id: int, hello: dict[str, Any], env: dict[str, str] | None) -> WorkerProcess:
+    def spawn(
+        cls: type[_W],
+        worker_id: int,
+        hello: dict[str, Any],
+        env: dict[str, str] | None,
+        pass_fds: tuple[int, ...] = (),
+    ) -> _W:
         """Start the process and send HELLO; wait for READY with :meth:`ready`."""
         if os.environ.get(LOADING_ENV):
             raise RuntimeError(
@@ -80,6 +144,7 @@ class WorkerProcess:
                 stdin=to_child_r,
                 stdout=from_child_w,
                 close_fds=True,
+                pass_fds=pass_fds,
                 start_new_session=True,  # its own process group: kill it whole
                 env=_worker_env(env),
             )
@@ -90,8 +155,6 @@ class WorkerProcess:
         finally:
             os.close(to_child_r)
             os.close(from_child_w)
-        os.set_blocking(to_child_w, False)
-        os.set_blocking(from_child_r, False)
         worker = cls(worker_id, popen, from_child_r, to_child_w)
         os.write(to_child_w, proto.pack(proto.HELLO, hello))  # small: fits the empty pipe
         return worker
@@ -208,6 +271,64 @@ class WorkerProcess:
             self.popen.wait(0.5)
 
 
+class Template(WorkerProcess):
+    """The preload template: it imported the app once and forks workers on request.
+
+    Fork requests travel over a unix socket, carrying the new worker's two pipe ends as
+    SCM_RIGHTS; the reply is the new pid. The front itself never forks.
+    """
+
+    sock: socket.socket
+    forking = False
+
+    @classmethod
+    def start(cls, hello: dict[str, Any], env: dict[str, str] | None) -> Template:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            hello = {**hello, "fork_fd": theirs.fileno()}
+            template = cls.spawn(0, hello, env, pass_fds=(theirs.fileno(),))
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        template.sock = ours
+        return template
+
+    async def fork(self, worker_id: int) -> WorkerProcess:
+        while self.forking:  # one request at a time keeps replies in order
+            await anyio.sleep(0.005)
+        self.forking = True
+        to_child_r, to_child_w = _pipe()
+        from_child_r, from_child_w = _pipe()
+        try:
+            socket.send_fds(self.sock, [struct.pack(">I", worker_id)], [to_child_r, from_child_w])
+            with anyio.fail_after(30):
+                await anyio.wait_readable(self.sock)
+            reply = self.sock.recv(16)
+        except (OSError, TimeoutError) as exc:
+            os.close(to_child_w)
+            os.close(from_child_r)
+            raise WorkerGoneError(f"the preload template did not fork: {exc}") from exc
+        finally:
+            self.forking = False
+            os.close(to_child_r)
+            os.close(from_child_w)
+        if len(reply) != 4:
+            os.close(to_child_w)
+            os.close(from_child_r)
+            raise WorkerGoneError("the preload template closed its socket")
+        worker = WorkerProcess(worker_id, ForkedChild(struct.unpack(">I", reply)[0]), from_child_r, to_child_w)
+        worker.template = self
+        return worker
+
+    def close_pipes(self) -> None:
+        super().close_pipes()
+        with contextlib.suppress(AttributeError):
+            self.sock.close()
+
+
 def resolve_identity(user: str | None, group: str | None) -> tuple[int, int] | None:
     """``(uid, gid)`` for the workers to switch to, or None to keep the front's."""
     if user is None and group is None:
@@ -228,6 +349,8 @@ def resolve_identity(user: str | None, group: str | None) -> tuple[int, int] | N
 def describe_exit(code: int | None) -> str:
     if code is None:
         return "still running"
+    if code == EXIT_UNKNOWN:
+        return "exit status known only to the preload template"
     if code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"

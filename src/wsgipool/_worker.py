@@ -12,6 +12,8 @@ import logging
 import os
 import select
 import signal
+import socket
+import struct
 import sys
 import traceback
 from collections import deque
@@ -260,6 +262,59 @@ def main(argv: list[str] | None = None) -> None:
         channel.send(pack(FAILED, str(exc), traceback.format_exc()))
         raise SystemExit(3) from None
     del os.environ["WSGIPOOL_WORKER_LOADING"]
+    if "fork_fd" in options:
+        run_template(channel, app, options)
+    channel.send(pack(READY, os.getpid()))
+    Worker(channel, app).serve_forever()
+
+
+def run_template(channel: Channel, app: Any, options: dict[str, Any]) -> None:
+    """Preload mode: the app is imported; fork a worker for each request of the front."""
+    sock = socket.socket(fileno=options["fork_fd"])
+    signal.signal(signal.SIGCHLD, _reap_children)
+    _set_title(f"wsgipool: template [{label(options['app'])}]")
+    channel.send(pack(READY, os.getpid()))
+    while True:
+        message, fds, _, _ = socket.recv_fds(sock, 16, 2)
+        if not message:
+            raise SystemExit(0)  # the front is gone
+        worker_id = struct.unpack(">I", message)[0]
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                sock.close()
+                for fd in (channel.rfd, channel.wfd):
+                    os.close(fd)
+                _serve_forked(app, fds[0], fds[1], worker_id, options)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        for fd in fds:
+            os.close(fd)
+        sock.send(struct.pack(">I", pid))
+
+
+def _reap_children(signum: int, frame: object) -> None:
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def _serve_forked(app: Any, rfd: int, wfd: int, worker_id: int, options: dict[str, Any]) -> None:
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    os.setsid()  # its own process group, as a spawned worker has
+    _die_with_parent(os.getppid())
+    _set_title(f"wsgipool: worker {worker_id} [{label(options['app'])}]")
+    channel = Channel(rfd, wfd)
     channel.send(pack(READY, os.getpid()))
     Worker(channel, app).serve_forever()
 
