@@ -90,7 +90,8 @@ def test_other_requests_untouched_while_workers_crash(serve: Any) -> None:
                 assert client.get("/crash", params={"how": "sigkill"}).status_code == 502
         stop.set()
         thread.join()
-    assert statuses and set(statuses) == {200}
+    assert statuses
+    assert set(statuses) == {200}
 
 
 @pytest.mark.parametrize("how", ["huge", "kind", "msgpack", "shape"])
@@ -153,7 +154,8 @@ def test_front_sigkill_leaves_no_orphans(tmp_path: Path) -> None:
     assert front.stdout is not None
     with front.stdout:
         pids = [int(p) for p in front.stdout.readline().split()]
-    assert len(pids) == 2 and all(pid_alive(p) for p in pids)
+    assert len(pids) == 2
+    assert all(pid_alive(p) for p in pids)
     front.send_signal(signal.SIGKILL)
     front.wait(10)
     wait_for(lambda: not any(pid_alive(p) for p in pids))

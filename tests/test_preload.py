@@ -53,7 +53,8 @@ def test_reload_starts_a_new_template(serve: Any) -> None:
         before = stamp(client)[0]
         assert client.post("/reload").status_code == 204
         after = {stamp(client) for _ in range(6)}
-        assert app.pool.template is not None and app.pool.template.pid != old_template.pid
+        assert app.pool.template is not None
+        assert app.pool.template.pid != old_template.pid
         assert {ppid for _, _, ppid in after} == {app.pool.template.pid}
         assert {imported for imported, _, _ in after} != {before}
         wait_for(lambda: app.pool.reap() or not pid_alive(old_template.pid))

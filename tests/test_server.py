@@ -145,17 +145,21 @@ def test_disconnect_stops_endless_response_and_calls_close(serve: Any, tmp_path:
     marker = tmp_path / "closed"
     app = WsgiToAsgi("apps:endless", workers=1)
     with serve(app) as server:
-        with httpx.Client(base_url=server.url, timeout=10) as client:
-            with client.stream("GET", "/", params={"marker": str(marker)}) as response:
-                assert next(response.iter_raw()).startswith(b"tick")
+        with (
+            httpx.Client(base_url=server.url, timeout=10) as client,
+            client.stream("GET", "/", params={"marker": str(marker)}) as response,
+        ):
+            assert next(response.iter_raw()).startswith(b"tick")
         deadline = time.monotonic() + 10
         while not marker.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
         assert marker.read_text() == "closed"
         # The same worker is free again and serves the next request.
-        with httpx.Client(base_url=server.url, timeout=10) as client:
-            with client.stream("GET", "/", params={"marker": str(tmp_path / "2")}) as response:
-                assert next(response.iter_raw()).startswith(b"tick")
+        with (
+            httpx.Client(base_url=server.url, timeout=10) as client,
+            client.stream("GET", "/", params={"marker": str(tmp_path / "2")}) as response,
+        ):
+            assert next(response.iter_raw()).startswith(b"tick")
         assert app.pool.restarts == {}
 
 

@@ -3,16 +3,33 @@
 from ._config import Config as Config
 from ._errors import (
     AppLoadError as AppLoadError,
+)
+from ._errors import (
     ConfigError as ConfigError,
+)
+from ._errors import (
     OverloadedError as OverloadedError,
+)
+from ._errors import (
     PoolClosedError as PoolClosedError,
+)
+from ._errors import (
     ProtocolError as ProtocolError,
+)
+from ._errors import (
     WorkerError as WorkerError,
+)
+from ._errors import (
     WorkerGoneError as WorkerGoneError,
+)
+from ._errors import (
     WorkerTimeoutError as WorkerTimeoutError,
+)
+from ._errors import (
     WsgiPoolError as WsgiPoolError,
 )
-from ._front import WsgiToAsgi as WsgiToAsgi, WsgiToAsgiInstance as WsgiToAsgiInstance
+from ._front import WsgiToAsgi as WsgiToAsgi
+from ._front import WsgiToAsgiInstance as WsgiToAsgiInstance
 
 __version__ = "0.1.0"
 

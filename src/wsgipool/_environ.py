@@ -82,7 +82,7 @@ def cgi_environ(scope: Scope, duplicate_header_limit: int | None = 100) -> dict[
         "SCRIPT_NAME": script_name,
         "PATH_INFO": path_info,
         "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
-        "SERVER_PROTOCOL": "HTTP/%s" % scope.get("http_version", "1.1"),
+        "SERVER_PROTOCOL": "HTTP/{}".format(scope.get("http_version", "1.1")),
         "SERVER_NAME": server_name,
         "SERVER_PORT": server_port,
         "wsgi.url_scheme": scheme,

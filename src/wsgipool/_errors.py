@@ -1,14 +1,14 @@
 """Exceptions raised by wsgipool.
 
-    WsgiPoolError
-    ├── ConfigError          bad option or app reference, found at construction time
-    ├── AppLoadError         the worker could not import or unpickle the app
-    ├── PoolClosedError      a request arrived after shutdown began
-    ├── OverloadedError      the wait queue is full or the wait took too long
-    └── WorkerError          a worker broke its side of the channel
-        ├── WorkerGoneError  the worker's pipe closed (it exited or was killed)
-        ├── WorkerTimeoutError  the worker held one request longer than ``timeout``
-        └── ProtocolError    the worker sent a malformed or oversized frame
+WsgiPoolError
+├── ConfigError          bad option or app reference, found at construction time
+├── AppLoadError         the worker could not import or unpickle the app
+├── PoolClosedError      a request arrived after shutdown began
+├── OverloadedError      the wait queue is full or the wait took too long
+└── WorkerError          a worker broke its side of the channel
+    ├── WorkerGoneError  the worker's pipe closed (it exited or was killed)
+    ├── WorkerTimeoutError  the worker held one request longer than ``timeout``
+    └── ProtocolError    the worker sent a malformed or oversized frame
 """
 
 from __future__ import annotations

@@ -273,7 +273,9 @@ class Exchange:
 
     # -- client -> worker -----------------------------------------------------------
 
-    async def _inbound(self, worker: WorkerProcess, lock: anyio.Lock, more: bool, size: int) -> None:
+    async def _inbound(
+        self, worker: WorkerProcess, lock: anyio.Lock, more: bool, size: int
+    ) -> None:
         """Stream the rest of the body, then wait for the client to go away."""
         limit = self.pool.config.max_body_size
         try:
@@ -326,7 +328,11 @@ class Exchange:
         await self._kill(worker, exc)
         log.error(
             "worker %d (pid %d) %s during %s (%s); %s",
-            worker.id, worker.pid, reason, self.request_line, describe_exit(worker.popen.poll()),
+            worker.id,
+            worker.pid,
+            reason,
+            self.request_line,
+            describe_exit(worker.popen.poll()),
             f"answered {status}" if answered else "response cut off",
         )
         self.pool.discard(worker, reason)

@@ -61,9 +61,9 @@ def _find_reference(app: object) -> tuple[ModuleType, str] | None:
     """
     qualname = getattr(app, "__qualname__", "")
     module = sys.modules.get(getattr(app, "__module__", "") or "")
-    if module is not None and "<" not in qualname and _reaches(module, qualname, app):
-        if _is_main(module) or _importable(module):
-            return module, qualname
+    direct = module is not None and "<" not in qualname and _reaches(module, qualname, app)
+    if direct and module is not None and (_is_main(module) or _importable(module)):
+        return module, qualname
     owner, suffix = app, ""
     if hasattr(app, "__self__") and hasattr(app, "__func__"):
         owner, suffix = app.__self__, "." + app.__func__.__name__

@@ -364,7 +364,9 @@ class Pool:
             code = worker.popen.poll()
             if code is not None:
                 del self.exiting[worker]
-                log.info("worker %d (pid %d) exited (%s)", worker.id, worker.pid, describe_exit(code))
+                log.info(
+                    "worker %d (pid %d) exited (%s)", worker.id, worker.pid, describe_exit(code)
+                )
             elif now >= kill_at:
                 worker.signal_group(signal.SIGKILL)
 

@@ -171,7 +171,9 @@ class WorkerProcess:
                 ) from None
         kind = frames[0][0]
         if kind == proto.FAILED:
-            log.error("worker %d (pid %d) could not load the app:\n%s", self.id, self.pid, frames[0][2])
+            log.error(
+                "worker %d (pid %d) could not load the app:\n%s", self.id, self.pid, frames[0][2]
+            )
             raise AppLoadError(frames[0][1])
         if kind != proto.READY:
             raise ProtocolError(f"expected READY from worker {self.id}, got frame {kind}")
@@ -319,7 +321,9 @@ class Template(WorkerProcess):
             os.close(to_child_w)
             os.close(from_child_r)
             raise WorkerGoneError("the preload template closed its socket")
-        worker = WorkerProcess(worker_id, ForkedChild(struct.unpack(">I", reply)[0]), from_child_r, to_child_w)
+        worker = WorkerProcess(
+            worker_id, ForkedChild(struct.unpack(">I", reply)[0]), from_child_r, to_child_w
+        )
         worker.template = self
         return worker
 

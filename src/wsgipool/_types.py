@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from types import TracebackType
-from typing import Any, Literal, Protocol, TypedDict, Union
+from typing import Any, Literal, Protocol, TypedDict
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-ExcInfo = tuple[type[BaseException], BaseException, Union[TracebackType, None]]
-OptExcInfo = Union[ExcInfo, tuple[None, None, None]]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+OptExcInfo = ExcInfo | tuple[None, None, None]
 Environ = dict[str, Any]
 WriteCallable = Callable[[bytes], object]
 

@@ -40,7 +40,14 @@ from ._protocol import (
     pack,
     start_frame,
 )
-from ._wsgi import ClientDisconnected, ErrorStream, FileWrapper, InputStream, Responder, close_iterable
+from ._wsgi import (
+    ClientDisconnected,
+    ErrorStream,
+    FileWrapper,
+    InputStream,
+    Responder,
+    close_iterable,
+)
 
 log = logging.getLogger("wsgipool.worker")
 
