@@ -117,5 +117,5 @@ def test_start_response_records_like_asgiref() -> None:
     [("OK", []), ("200OK", []), ("200 OK", [("Bad Name", "x")]), ("200 OK", [("X", "a\nb")])],
 )
 def test_start_response_refuses_bad_output(status: str, headers: Any) -> None:
-    with pytest.raises(ValueError, match="status|header"):
+    with pytest.raises(ValueError, match=r"status|header"):
         WsgiToAsgiInstance(None).start_response(status, headers)
