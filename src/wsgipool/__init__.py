@@ -33,6 +33,7 @@ from ._front import WsgiToAsgiInstance as WsgiToAsgiInstance
 
 __version__ = "0.1.0"
 
+
 __all__ = (
     "AppLoadError",
     "Config",
@@ -48,3 +49,9 @@ __all__ = (
     "WsgiToAsgiInstance",
     "__version__",
 )
+
+# Classes report the package as their home, as the documentation names them.
+for _name in __all__:
+    if isinstance(globals()[_name], type):
+        globals()[_name].__module__ = __name__
+del _name

@@ -1,0 +1,36 @@
+"""The public surface and its documentation."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+
+import wsgipool
+
+README = (Path(__file__).parent.parent / "README.md").read_text()
+
+
+def test_exported_members() -> None:
+    exported = {name for name in dir(wsgipool) if not name.startswith("_")}
+    assert set(wsgipool.__all__) - {"__version__"} == exported - {"demo"}
+    for name in wsgipool.__all__:
+        member = getattr(wsgipool, name)
+        if inspect.isclass(member):
+            assert member.__module__ == "wsgipool", name  # re-exported under the package
+
+
+def test_asgiref_signatures() -> None:
+    adapter = inspect.signature(wsgipool.WsgiToAsgi)
+    assert list(adapter.parameters)[:2] == ["wsgi_application", "duplicate_header_limit"]
+    assert adapter.parameters["duplicate_header_limit"].default == 100
+    instance = wsgipool.WsgiToAsgiInstance
+    assert list(inspect.signature(instance.build_environ).parameters) == ["self", "scope", "body"]
+    start = inspect.signature(instance.start_response).parameters
+    assert list(start) == ["self", "status", "response_headers", "exc_info"]
+    assert start["exc_info"].default is None
+
+
+def test_every_option_is_in_readme() -> None:
+    for field in dataclasses.fields(wsgipool.Config):
+        assert f"`{field.name}`" in README, field.name
