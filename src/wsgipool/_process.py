@@ -23,11 +23,11 @@ import anyio
 
 from . import _protocol as proto
 from ._errors import AppLoadError, ConfigError, ProtocolError, WorkerGoneError
+from ._reader import PipeReader
 
 log = logging.getLogger("wsgipool.pool")
 
 PIPE_SIZE = 1024 * 1024
-READ_SIZE = 256 * 1024
 #: Longest a half-written frame may wait for the worker to read before it is given up.
 WRITE_STUCK = 60.0
 #: Set in a worker's environment while it imports the app (see ``spawn``).
@@ -113,7 +113,7 @@ class WorkerProcess:
         self.pid = popen.pid
         self.rfd, self.wfd = rfd, wfd
         self.template: Template | None = None  # the preload template it was forked from
-        self.reader = proto.FrameReader()
+        self.reader = PipeReader(rfd, f"worker {worker_id}")
         self.requests = 0
         self.started_at = time.monotonic()
         self.request_limit = 0  # retire after this many requests (0: never)
@@ -180,19 +180,7 @@ class WorkerProcess:
 
     async def read(self) -> list[proto.Frame]:
         """At least one whole frame; WorkerGoneError at end of file."""
-        while True:
-            try:
-                data = os.read(self.rfd, READ_SIZE)
-            except BlockingIOError:
-                await anyio.wait_readable(self.rfd)
-                continue
-            except OSError as exc:
-                raise WorkerGoneError(f"worker {self.id}: {exc}") from exc
-            if not data:
-                raise WorkerGoneError(f"worker {self.id} closed its pipe")
-            frames = self.reader.feed(data)
-            if frames:
-                return frames
+        return await self.reader.read()
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Write whole frames: cancellable until the first byte is in the pipe, then shielded.
@@ -238,6 +226,7 @@ class WorkerProcess:
             os.kill(self.pid, sig)
 
     def close_pipes(self) -> None:
+        self.reader.close()
         for fd in (self.rfd, self.wfd):
             with contextlib.suppress(OSError):
                 os.close(fd)

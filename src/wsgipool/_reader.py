@@ -1,0 +1,112 @@
+"""Reading a worker's pipe from the event loop, cheaply on asyncio.
+
+``anyio.wait_readable`` registers the descriptor with the loop and removes it again on
+every call, which on asyncio costs more than the rest of a small request. So on asyncio
+the pipe stays registered and is read in the loop's callback, as asyncio's own pipe
+transports do; reading pauses as soon as decoded frames wait for a consumer, so a slow
+client still holds back the worker. Other backends (trio) use ``anyio.wait_readable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+
+import anyio
+
+from ._errors import WorkerError, WorkerGoneError
+from ._protocol import Frame, FrameReader
+
+READ_SIZE = 256 * 1024
+
+
+class PipeReader:
+    """Frames from one worker's pipe; one consumer at a time."""
+
+    __slots__ = ("_decoder", "_error", "_frames", "_loop", "_paused", "_waiter", "fd", "name")
+
+    def __init__(self, fd: int, name: str) -> None:
+        self.fd = fd
+        self.name = name
+        self._decoder = FrameReader()
+        self._frames: list[Frame] = []
+        self._error: WorkerError | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._paused = True
+        self._waiter: asyncio.Future[None] | None = None
+
+    async def read(self) -> list[Frame]:
+        """At least one whole frame; WorkerGoneError at end of file."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return await self._read_portable()
+        if loop is not self._loop:
+            self._attach(loop)
+        while not self._frames:
+            if self._error is not None:
+                raise self._error
+            if self._paused:
+                self._resume()
+            self._waiter = loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        frames, self._frames = self._frames, []
+        return frames
+
+    async def _read_portable(self) -> list[Frame]:
+        while not self._frames:
+            if self._error is not None:
+                raise self._error
+            try:
+                self._receive(os.read(self.fd, READ_SIZE))
+            except BlockingIOError:
+                await anyio.wait_readable(self.fd)
+        frames, self._frames = self._frames, []
+        return frames
+
+    def _receive(self, data: bytes) -> None:
+        if not data:
+            self._error = WorkerGoneError(f"{self.name} closed its pipe")
+            return
+        try:
+            self._frames += self._decoder.feed(data)
+        except WorkerError as exc:
+            self._error = exc
+
+    def _on_readable(self) -> None:
+        try:
+            self._receive(os.read(self.fd, READ_SIZE))
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._error = WorkerGoneError(f"{self.name}: {exc}")
+        if self._waiter is not None and (self._frames or self._error):
+            if not self._waiter.done():
+                self._waiter.set_result(None)
+        elif self._frames or self._error:
+            self._pause()  # nobody is reading: leave the rest in the pipe
+
+    def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.close()
+        self._loop = loop
+        self._paused = True
+
+    def _resume(self) -> None:
+        assert self._loop is not None
+        self._loop.add_reader(self.fd, self._on_readable)
+        self._paused = False
+
+    def _pause(self) -> None:
+        if not self._paused and self._loop is not None:
+            with contextlib.suppress(Exception):  # the loop may be closed already
+                self._loop.remove_reader(self.fd)
+        self._paused = True
+
+    def close(self) -> None:
+        """Unregister from the loop; call before the descriptor is closed."""
+        self._pause()
+        self._loop = None
