@@ -31,6 +31,7 @@ body chunks, a late ABORT) are harmless.
 
 from __future__ import annotations
 
+import os
 import struct
 from typing import Any, Final
 
@@ -101,36 +102,83 @@ _KINDS = frozenset({HELLO, REQUEST, BODY, EOF, ABORT, READY, FAILED, START, END,
 
 
 class FrameReader:
-    """Incremental decoder: feed it bytes, take whole frames out.
+    """Reads a pipe into one reusable buffer and decodes the whole frames in it.
 
-    Every decoding problem (unknown kind, oversized frame, bad msgpack) becomes
-    :class:`ProtocolError`, so callers have one thing to catch.
+    Reading into a buffer that lives as long as the channel avoids allocating (and, for
+    large reads, mapping and unmapping) a new bytes object per read; each body byte is
+    copied once, into the chunk handed on. Every decoding problem (unknown kind, oversized
+    frame, bad msgpack) becomes :class:`ProtocolError`, so callers have one thing to catch.
     """
 
-    __slots__ = ("_buf", "_max")
+    __slots__ = ("_buf", "_end", "_max", "_need", "_start", "_view")
 
-    def __init__(self, max_frame: int = MAX_FRAME) -> None:
-        self._buf = b""
+    #: Compact or grow the buffer before a read when less than this is free at its end.
+    MIN_FREE = 64 * 1024
+
+    def __init__(self, max_frame: int = MAX_FRAME, size: int = 256 * 1024) -> None:
         self._max = max_frame
+        self._buf = bytearray(size)
+        self._view = memoryview(self._buf)
+        self._start = self._end = self._need = 0
+
+    def read_from(self, fd: int) -> list[Frame]:
+        """One ``read(2)`` from ``fd``; the frames it completed. EOFError at end of file.
+
+        BlockingIOError passes through for non-blocking descriptors.
+        """
+        if len(self._buf) - self._end < self.MIN_FREE or self._need > len(self._buf):
+            self._make_room()
+        count = os.readv(fd, [self._view[self._end :]])
+        if not count:
+            raise EOFError
+        self._end += count
+        return self._decode_buffer()
 
     def feed(self, data: bytes) -> list[Frame]:
-        buf = self._buf + data if self._buf else data
+        """Decode ``data`` as if it had been read (for peers that are not pipes)."""
+        self._need = max(self._need, self._end - self._start + len(data))
+        self._make_room()
+        self._view[self._end : self._end + len(data)] = data
+        self._end += len(data)
+        return self._decode_buffer()
+
+    def _make_room(self) -> None:
+        pending = self._end - self._start
+        size = max(len(self._buf), self._need + self.MIN_FREE, pending + self.MIN_FREE)
+        if size > len(self._buf):
+            buf = bytearray(size)
+            buf[:pending] = self._view[self._start : self._end]
+            self._view.release()
+            self._buf, self._view = buf, memoryview(buf)
+        elif self._start:
+            self._view[:pending] = self._view[self._start : self._end]
+        self._start, self._end = 0, pending
+
+    def _decode_buffer(self) -> list[Frame]:
         frames: list[Frame] = []
-        pos, end = 0, len(buf)
+        view, pos, end = self._view, self._start, self._end
         unpack_header = _HEADER.unpack_from
         while end - pos >= 5:
-            size, kind = unpack_header(buf, pos)
+            size, kind = unpack_header(view, pos)
             if size > self._max:
                 raise ProtocolError(f"frame of {size} bytes exceeds the {self._max} byte limit")
             stop = pos + 5 + size
             if stop > end:
+                self._need = stop - pos
                 break
             if kind == BODY:
-                frames.append([BODY, buf[pos + 5 : stop]])
+                frames.append([BODY, bytes(view[pos + 5 : stop])])
             else:
-                frames.append(self._decode(kind, buf[pos + 5 : stop]))
+                frames.append(self._decode(kind, bytes(view[pos + 5 : stop])))
             pos = stop
-        self._buf = buf[pos:] if pos < end else b""
+        if pos == end:
+            self._start = self._end = self._need = 0
+            if len(self._buf) > 4 * 1024 * 1024:  # give back what one huge frame needed
+                self._view.release()
+                self._buf = bytearray(256 * 1024)
+                self._view = memoryview(self._buf)
+        else:
+            self._start = pos
         return frames
 
     @staticmethod

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 
 import anyio
 
 from ._errors import WorkerError, WorkerGoneError
 from ._protocol import Frame, FrameReader
-
-READ_SIZE = 256 * 1024
 
 
 class PipeReader:
@@ -62,28 +59,30 @@ class PipeReader:
             if self._error is not None:
                 raise self._error
             try:
-                self._receive(os.read(self.fd, READ_SIZE))
+                self._receive()
             except BlockingIOError:
                 await anyio.wait_readable(self.fd)
         frames, self._frames = self._frames, []
         return frames
 
-    def _receive(self, data: bytes) -> None:
-        if not data:
-            self._error = WorkerGoneError(f"{self.name} closed its pipe")
-            return
+    def _receive(self) -> None:
+        """One read; decoded frames and errors are kept for the consumer."""
         try:
-            self._frames += self._decoder.feed(data)
+            self._frames += self._decoder.read_from(self.fd)
+        except EOFError:
+            self._error = WorkerGoneError(f"{self.name} closed its pipe")
         except WorkerError as exc:
             self._error = exc
+        except BlockingIOError:
+            raise
+        except OSError as exc:
+            self._error = WorkerGoneError(f"{self.name}: {exc}")
 
     def _on_readable(self) -> None:
         try:
-            self._receive(os.read(self.fd, READ_SIZE))
+            self._receive()
         except BlockingIOError:
             return
-        except OSError as exc:
-            self._error = WorkerGoneError(f"{self.name}: {exc}")
         if self._waiter is not None and (self._frames or self._error):
             if not self._waiter.done():
                 self._waiter.set_result(None)

@@ -53,7 +53,6 @@ log = logging.getLogger("wsgipool.worker")
 
 #: Responses buffered in the worker before a write; lists are flushed once at the end.
 FLUSH_AT = 256 * 1024
-READ_SIZE = 256 * 1024
 
 
 class Channel:
@@ -68,10 +67,10 @@ class Channel:
         self.aborted = False
 
     def _read(self) -> None:
-        data = os.read(self.rfd, READ_SIZE)
-        if not data:
-            raise SystemExit(0)  # the front closed the pipe or died: nothing left to serve
-        self.pending.extend(self.reader.feed(data))
+        try:
+            self.pending.extend(self.reader.read_from(self.rfd))
+        except EOFError:
+            raise SystemExit(0) from None  # the front closed the pipe or died
 
     def next_frame(self) -> Frame:
         while not self.pending:
