@@ -58,11 +58,11 @@ class Exchange:
         self.receive = receive
         self.send = send
         self.request_line = request_line
-        self.remaining = pool.config.timeout
         self.started = False  # http.response.start has gone to the server
         self.pending: Message | None = None  # a start message waiting for the first chunk
         self.disconnected = False
         self.too_large = False
+        self.worker: WorkerProcess | None = None
         self._reading: anyio.CancelScope | None = None
 
     # -- responses of our own -------------------------------------------------------
@@ -114,6 +114,9 @@ class Exchange:
                 worker = await self._acquire()
             if worker is None:
                 return None
+            timeout = self.pool.config.timeout
+            worker.deadline = None if timeout is None else time.monotonic() + timeout
+            self.worker = worker
             try:
                 await worker.write(data)
                 return worker
@@ -161,6 +164,8 @@ class Exchange:
             if more or not await self._relay(worker, once=True):
                 await self._stream(worker, more, received)
         except WorkerError as exc:
+            if worker.timed_out and not isinstance(exc, WorkerTimeoutError):
+                exc = WorkerTimeoutError(self._late(worker))  # the watchdog killed it
             await self._fail(worker, exc)
         except BaseException:
             worker.signal_group(signal.SIGKILL)  # cancelled mid-request: state unknown
@@ -186,34 +191,39 @@ class Exchange:
     # -- worker -> client -----------------------------------------------------------
 
     async def _read(self, worker: WorkerProcess) -> list[proto.Frame]:
-        if self.remaining is None and not self.disconnected:
+        """The next frames. Deadlines: the supervisor's watchdog kills a late worker; a pool
+        without one (no lifespan) bounds each read itself."""
+        if worker.deadline is None or self.pool.supervised:
             return await worker.read()
-        limit = self.remaining if self.remaining is not None else ABORT_GRACE
-        if self.disconnected:
-            limit = min(limit, ABORT_GRACE)
-        with anyio.move_on_after(limit) as scope:
+        with anyio.CancelScope() as scope:
+            scope.deadline = anyio.current_time() + worker.deadline - time.monotonic()
             self._reading = scope
             try:
                 return await worker.read()
             finally:
                 self._reading = None
+        worker.timed_out = True
+        raise WorkerTimeoutError(self._late(worker))
+
+    def _late(self, worker: WorkerProcess) -> str:
         if self.disconnected:
-            raise WorkerTimeoutError(f"did not stop within {ABORT_GRACE}s of the client leaving")
-        raise WorkerTimeoutError(f"no response within {self.pool.config.timeout}s")
+            return f"did not stop within {ABORT_GRACE}s of the client leaving"
+        return f"no response within {self.pool.config.timeout}s"
 
     def _client_left(self) -> None:
         """The client is gone: the worker gets ABORT_GRACE seconds to stop."""
         self.disconnected = True
+        worker = self.worker
+        if worker is not None:
+            grace = time.monotonic() + ABORT_GRACE
+            worker.deadline = grace if worker.deadline is None else min(worker.deadline, grace)
         if self._reading is not None:
             self._reading.deadline = min(self._reading.deadline, anyio.current_time() + ABORT_GRACE)
 
     async def _relay(self, worker: WorkerProcess, once: bool) -> bool:
         """Pass frames on until END; with ``once``, stop after one read. True when done."""
         while True:
-            began = time.monotonic()
             frames = await self._read(worker)
-            if self.remaining is not None:
-                self.remaining -= time.monotonic() - began
             for frame in frames:
                 kind = frame[0]
                 if kind == proto.BODY:
@@ -251,11 +261,15 @@ class Exchange:
     async def _body(self, frame: proto.Frame) -> None:
         if self.disconnected or self.too_large:
             return
+        began = time.monotonic()
         if self.pending is not None:
             self.started = True
             start, self.pending = self.pending, None
             await self._send(start)
         await self._send({"type": "http.response.body", "body": frame[1], "more_body": True})
+        worker = self.worker
+        if worker is not None and worker.deadline is not None and not self.disconnected:
+            worker.deadline += time.monotonic() - began  # a slow client is not the app's fault
 
     async def _end(self) -> None:
         if self.too_large:

@@ -83,6 +83,7 @@ class Pool:
         self.exiting: dict[WorkerProcess, float] = {}  # stopped, reaped by -> deadline
         self.starting = 0
         self.closing = False
+        self.supervised = False  # a supervise() task is running: it enforces deadlines
         self.failures = 0
         self.backoff_until = 0.0
         self.last_error: str | None = None
@@ -248,6 +249,7 @@ class Pool:
 
     def _checkout(self, worker: WorkerProcess) -> None:
         self.busy.add(worker)
+        worker.deadline = None
         worker.idle_since = None
         last = worker.request_limit and worker.requests + 1 >= worker.request_limit
         if last or (worker.expires_at and time.monotonic() >= worker.expires_at):
@@ -373,16 +375,38 @@ class Pool:
     # -- background supervision -----------------------------------------------------
 
     async def supervise(self) -> None:
-        """Keep the pool at size: replace dead workers (backing off), recycle old ones."""
+        """Keep the pool at size: replace dead workers (backing off), recycle old ones,
+        and kill workers past their request deadline."""
+        self.supervised = True
+        try:
+            await self._supervise()
+        finally:
+            self.supervised = False
+
+    async def _supervise(self) -> None:
         while not self.closing:
             self.reap()
             self._check_idle()
+            self._check_deadlines()
             missing = self.target - self.size
             if missing > 0 and time.monotonic() >= self.backoff_until:
                 async with anyio.create_task_group() as tg:
                     for _ in range(missing):
                         tg.start_soon(self._spawn_idle)
             await anyio.sleep(TICK)
+
+    def _check_deadlines(self) -> None:
+        """A late worker gets SIGTERM, then SIGKILL; its request sees the pipe close."""
+        now = time.monotonic()
+        for worker in list(self.busy):
+            if worker.deadline is None or now < worker.deadline:
+                continue
+            if not worker.timed_out:
+                worker.timed_out = True
+                worker.kill_at = now + KILL_GRACE
+                worker.signal_group(signal.SIGTERM)
+            elif now >= worker.kill_at:
+                worker.signal_group(signal.SIGKILL)
 
     def _check_idle(self) -> None:
         now = time.monotonic()

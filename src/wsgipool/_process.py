@@ -120,6 +120,9 @@ class WorkerProcess:
         self.expires_at = 0.0  # retire once time.monotonic() passes this (0: never)
         self.idle_since: float | None = None
         self.retire_reason: str | None = None
+        self.deadline: float | None = None  # time.monotonic() by which the request must end
+        self.timed_out = False  # set by whoever enforced the deadline
+        self.kill_at = 0.0
 
     @classmethod
     def spawn(
