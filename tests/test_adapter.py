@@ -211,3 +211,18 @@ async def test_lifespan_reports_import_failure(make_app: Any) -> None:
 async def test_non_http_scope_is_refused(make_app: Any) -> None:
     with pytest.raises(ValueError, match="non-HTTP"):
         await make_app(apps.hello)({"type": "websocket"}, None, None)
+
+
+async def test_dropped_adapter_leaves_no_process() -> None:
+    import gc
+
+    adapter = WsgiToAsgi(apps.pid, workers=1)
+    messages = await call_asgi(adapter)
+    pid = int(messages[1]["body"])
+    assert pid_alive(pid)
+    del adapter, messages
+    gc.collect()
+    with anyio.fail_after(10):
+        while pid_alive(pid):
+            await anyio.sleep(0.01)
+
