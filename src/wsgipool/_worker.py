@@ -98,12 +98,25 @@ class Channel:
             self.pending = kept
         return self.aborted
 
-    def queue(self, *pieces: bytes | memoryview) -> None:
-        self.out.extend(pieces)
-        self.out_size += sum(len(p) for p in pieces)
+    def queue(self, piece: bytes | memoryview) -> None:
+        self.out.append(piece)
+        self.out_size += len(piece)
+
+    def queue_pieces(self, pieces: list[bytes | memoryview]) -> None:
+        for piece in pieces:
+            self.out.append(piece)
+            self.out_size += len(piece)
 
     def flush(self) -> None:
         pieces, self.out, self.out_size = self.out, [], 0
+        if len(pieces) < 512:  # the common case: one call writes it all
+            written = os.writev(self.wfd, pieces)
+            if written == sum(map(len, pieces)):
+                return
+            while pieces and written >= len(pieces[0]):
+                written -= len(pieces.pop(0))
+            if written:
+                pieces[0] = memoryview(pieces[0])[written:]
         while pieces:
             written = os.writev(self.wfd, pieces[:512])
             while pieces and written >= len(pieces[0]):
@@ -124,6 +137,7 @@ class Worker:
         self.app = app
         self.responder = Responder(self.write)
         self.sent = 0
+        self.errors = ErrorStream(self.emit_log)  # one per worker: it only holds a partial line
 
     def serve_forever(self) -> None:
         while True:
@@ -141,7 +155,7 @@ class Worker:
         self.responder = responder = Responder(self.write)
         self.sent = 0
         environ = complete_environ(
-            cgi, InputStream(channel.pull_body), ErrorStream(self.emit_log), FileWrapper
+            cgi, InputStream(channel.pull_body), self.errors, FileWrapper
         )
         result: Iterable[bytes] | None = None
         failure = None
@@ -202,7 +216,7 @@ class Worker:
         if limit is not None and self.sent + len(chunk) > limit:
             self.emit_log(f"response body longer than its Content-Length ({limit}); cut")
             chunk = chunk[: limit - self.sent]
-        self.channel.queue(*body_frames(chunk))
+        self.channel.queue_pieces(body_frames(chunk))
         self.sent += len(chunk)
         return self.sent == limit
 
