@@ -21,7 +21,19 @@ class TooManyHeadersError(ValueError):
 
 def _native(text: str) -> str:
     """PEP 3333 native string: the UTF-8 bytes of ``text`` read as latin-1."""
-    return text.encode("utf-8").decode("latin-1")
+    return text if text.isascii() else text.encode("utf-8").decode("latin-1")
+
+
+#: Header name -> environ key, remembered for the names clients actually send.
+_KEYS: dict[bytes, str] = {}
+
+
+def _key_for(raw_name: bytes) -> str:
+    name = raw_name.decode("latin-1").lower()
+    key = _SPECIAL.get(name) or "HTTP_" + name.upper().replace("-", "_")
+    if len(_KEYS) < 1024:  # bounded: arbitrary names cannot grow it without limit
+        _KEYS[raw_name] = key
+    return key
 
 
 def split_root_path(path: str, root_path: str) -> tuple[str, str]:
@@ -56,20 +68,18 @@ def cgi_environ(scope: Scope, duplicate_header_limit: int | None = 100) -> dict[
     headers: dict[str, str] = {}
     counts: dict[str, int] = {}
     for raw_name, raw_value in scope.get("headers", ()):
-        name = raw_name.decode("latin-1").lower()
-        key = _SPECIAL.get(name) or "HTTP_" + name.upper().replace("-", "_")
+        key = _KEYS.get(raw_name) or _key_for(raw_name)
         value = raw_value.decode("latin-1")
-        seen = counts.get(key, 0)
+        if key not in headers:
+            headers[key] = value
+            continue
+        seen = counts.get(key, 1)
         if duplicate_header_limit and seen >= duplicate_header_limit:
             raise TooManyHeadersError(
                 f"Too many duplicate headers: {key} exceeds limit of {duplicate_header_limit}"
             )
         counts[key] = seen + 1
-        if seen:
-            sep = "; " if key == "HTTP_COOKIE" else ","
-            headers[key] = headers[key] + sep + value
-        else:
-            headers[key] = value
+        headers[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
     if not headers.get("CONTENT_LENGTH", "x").strip():
         del headers["CONTENT_LENGTH"]  # an empty value means "absent", not "zero"
     scheme = scope.get("scheme", "http")
