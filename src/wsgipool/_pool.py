@@ -1,11 +1,11 @@
 """Supervision of the worker processes: spawn, dispatch, queue, recycle, replace, stop.
 
 The pool works with or without a host task. Under ASGI lifespan it starts ``workers``
-processes up front and runs :meth:`Pool.supervise` in the lifespan task, which replaces
-dead workers at once and recycles old ones. Without lifespan the pool grows lazily: a
-request that finds no idle worker and spare capacity starts one itself, and dead or
-retired workers are noticed on the next dispatch. Exited processes are reaped by polling,
-never in signal handlers.
+processes up front and the lifespan task runs :func:`wsgipool._supervisor.supervise`,
+which replaces dead workers at once, recycles old ones and enforces deadlines. Without
+lifespan the pool grows lazily: a request that finds no idle worker and spare capacity
+starts one itself, and dead or retired workers are noticed on the next dispatch. Exited
+processes are reaped by polling, never in signal handlers.
 """
 
 from __future__ import annotations
@@ -25,12 +25,11 @@ import anyio
 from ._config import Config
 from ._errors import AppLoadError, OverloadedError, PoolClosedError, WorkerError
 from ._loader import AppSpec
-from ._process import Template, WorkerProcess, describe_exit, resolve_identity
+from ._process import WorkerProcess, describe_exit, resolve_identity
+from ._template import Template
 
 log = logging.getLogger("wsgipool.pool")
 
-#: How often the supervisor looks at its workers.
-TICK = 0.1
 #: Seconds between SIGTERM and SIGKILL for a worker being killed.
 KILL_GRACE = 2.0
 #: Seconds a retired worker gets to exit on its own before it is killed.
@@ -83,7 +82,7 @@ class Pool:
         self.exiting: dict[WorkerProcess, float] = {}  # stopped, reaped by -> deadline
         self.starting = 0
         self.closing = False
-        self.supervised = False  # a supervise() task is running: it enforces deadlines
+        self.supervised = False  # _supervisor.supervise() runs: it enforces deadlines
         self.failures = 0
         self.backoff_until = 0.0
         self.last_error: str | None = None
@@ -216,11 +215,11 @@ class Pool:
         errors: list[Exception] = []
         async with anyio.create_task_group() as tg:
             for _ in range(self.target - self.size):
-                tg.start_soon(self._spawn_idle, errors)
+                tg.start_soon(self.spawn_idle, errors)
         if errors:
             raise errors[0]
 
-    async def _spawn_idle(self, errors: list[Exception] | None = None) -> None:
+    async def spawn_idle(self, errors: list[Exception] | None = None) -> None:
         try:
             self._offer(await self._spawn())
         except _START_ERRORS as exc:
@@ -238,7 +237,7 @@ class Pool:
                 if worker.alive():
                     self._checkout(worker)
                     return worker
-                self._lost(worker, "died while idle")
+                self.lost(worker, "died while idle")
             if self.size < self.limit and time.monotonic() >= self.backoff_until:
                 worker = await self._spawn()
                 self._checkout(worker)
@@ -254,7 +253,7 @@ class Pool:
         last = worker.request_limit and worker.requests + 1 >= worker.request_limit
         if last or (worker.expires_at and time.monotonic() >= worker.expires_at):
             # Its replacement may start now, while this last request runs.
-            self._retire_after(worker, "max_requests" if last else "max_lifetime")
+            self.retire_after(worker, "max_requests" if last else "max_lifetime")
 
     async def _queue(self) -> WorkerProcess | None:
         if len(self._waiters) >= self.config.backlog:
@@ -313,7 +312,7 @@ class Pool:
         else:
             self._offer(worker)
 
-    def _retire_after(self, worker: WorkerProcess, reason: str) -> None:
+    def retire_after(self, worker: WorkerProcess, reason: str) -> None:
         """Retire ``worker`` now if idle, else once its current request is done."""
         if worker in self.idle:
             self.idle.remove(worker)
@@ -342,7 +341,7 @@ class Pool:
         self.exiting[worker] = time.monotonic()
         self._wake_one()
 
-    def _lost(self, worker: WorkerProcess, why: str) -> None:
+    def lost(self, worker: WorkerProcess, why: str) -> None:
         code = worker.popen.poll()
         log.error("worker %d (pid %d) %s (%s)", worker.id, worker.pid, why, describe_exit(code))
         self._count("died")
@@ -372,56 +371,11 @@ class Pool:
             elif now >= kill_at:
                 worker.signal_group(signal.SIGKILL)
 
-    # -- background supervision -----------------------------------------------------
-
     async def supervise(self) -> None:
-        """Keep the pool at size: replace dead workers (backing off), recycle old ones,
-        and kill workers past their request deadline."""
-        self.supervised = True
-        try:
-            await self._supervise()
-        finally:
-            self.supervised = False
+        """Run the supervisor (see :mod:`wsgipool._supervisor`) until the pool closes."""
+        from ._supervisor import supervise
 
-    async def _supervise(self) -> None:
-        while not self.closing:
-            self.reap()
-            self._check_idle()
-            self._check_deadlines()
-            missing = self.target - self.size
-            if missing > 0 and time.monotonic() >= self.backoff_until:
-                async with anyio.create_task_group() as tg:
-                    for _ in range(missing):
-                        tg.start_soon(self._spawn_idle)
-            await anyio.sleep(TICK)
-
-    def _check_deadlines(self) -> None:
-        """A late worker gets SIGTERM, then SIGKILL; its request sees the pipe close."""
-        now = time.monotonic()
-        for worker in list(self.busy):
-            if worker.deadline is None or now < worker.deadline:
-                continue
-            if not worker.timed_out:
-                worker.timed_out = True
-                worker.kill_at = now + KILL_GRACE
-                worker.signal_group(signal.SIGTERM)
-            elif now >= worker.kill_at:
-                worker.signal_group(signal.SIGKILL)
-
-    def _check_idle(self) -> None:
-        now = time.monotonic()
-        for worker in list(self.idle):
-            if not worker.alive():
-                self._lost(worker, "died while idle")
-            elif worker.expires_at and now >= worker.expires_at:
-                self._retire_after(worker, "max_lifetime")
-        extra = len(self.idle) + len(self.busy) - len(self.retiring) - self.target
-        for worker in sorted(self.idle, key=lambda w: w.idle_since or now):
-            if extra <= 0:
-                break
-            if now - (worker.idle_since or now) >= self.config.idle_timeout:
-                self._retire_after(worker, "idle")
-                extra -= 1
+        await supervise(self)
 
     async def reload(self) -> None:
         """Replace every worker with a fresh one that re-imports the app, one at a time.
@@ -439,7 +393,7 @@ class Pool:
                 continue
             new = await self._spawn()
             self._offer(new)
-            self._retire_after(old, "reload")
+            self.retire_after(old, "reload")
         log.info("rolling restart done: %d workers", len(self.idle) + len(self.busy))
 
     # -- shutdown -------------------------------------------------------------------

@@ -12,18 +12,19 @@ import fcntl
 import logging
 import os
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import time
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 
 from . import _protocol as proto
 from ._errors import AppLoadError, ConfigError, ProtocolError, WorkerGoneError
 from ._reader import PipeReader
+
+if TYPE_CHECKING:
+    from ._template import Template
 
 log = logging.getLogger("wsgipool.pool")
 
@@ -42,7 +43,7 @@ def _worker_env(env: dict[str, str] | None) -> dict[str, str]:
     return env
 
 
-def _pipe() -> tuple[int, int]:
+def pipe() -> tuple[int, int]:
     r, w = os.pipe()
     with contextlib.suppress(OSError, AttributeError):
         fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)  # fewer wake-ups for big bodies
@@ -139,8 +140,8 @@ class WorkerProcess:
                 "the main script runs again in each worker, so guard the code that serves "
                 "with `if __name__ == '__main__':`"
             )
-        to_child_r, to_child_w = _pipe()
-        from_child_r, from_child_w = _pipe()
+        to_child_r, to_child_w = pipe()
+        from_child_r, from_child_w = pipe()
         try:
             popen = subprocess.Popen(
                 [sys.executable, "-u", "-m", "wsgipool._worker", str(os.getpid())],
@@ -263,66 +264,6 @@ class WorkerProcess:
         self.close_pipes()
         with contextlib.suppress(Exception):
             self.popen.wait(0.5)
-
-
-class Template(WorkerProcess):
-    """The preload template: it imported the app once and forks workers on request.
-
-    Fork requests travel over a unix socket, carrying the new worker's two pipe ends as
-    SCM_RIGHTS; the reply is the new pid. The front itself never forks.
-    """
-
-    sock: socket.socket
-    forking = False
-
-    @classmethod
-    def start(cls, hello: dict[str, Any], env: dict[str, str] | None) -> Template:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            hello = {**hello, "fork_fd": theirs.fileno()}
-            template = cls.spawn(0, hello, env, pass_fds=(theirs.fileno(),))
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        ours.setblocking(False)
-        template.sock = ours
-        return template
-
-    async def fork(self, worker_id: int) -> WorkerProcess:
-        while self.forking:  # one request at a time keeps replies in order
-            await anyio.sleep(0.005)
-        self.forking = True
-        to_child_r, to_child_w = _pipe()
-        from_child_r, from_child_w = _pipe()
-        try:
-            socket.send_fds(self.sock, [struct.pack(">I", worker_id)], [to_child_r, from_child_w])
-            with anyio.fail_after(30):
-                await anyio.wait_readable(self.sock)
-            reply = self.sock.recv(16)
-        except (OSError, TimeoutError) as exc:
-            os.close(to_child_w)
-            os.close(from_child_r)
-            raise WorkerGoneError(f"the preload template did not fork: {exc}") from exc
-        finally:
-            self.forking = False
-            os.close(to_child_r)
-            os.close(from_child_w)
-        if len(reply) != 4:
-            os.close(to_child_w)
-            os.close(from_child_r)
-            raise WorkerGoneError("the preload template closed its socket")
-        worker = WorkerProcess(
-            worker_id, ForkedChild(struct.unpack(">I", reply)[0]), from_child_r, to_child_w
-        )
-        worker.template = self
-        return worker
-
-    def close_pipes(self) -> None:
-        super().close_pipes()
-        with contextlib.suppress(AttributeError):
-            self.sock.close()
 
 
 def resolve_identity(user: str | None, group: str | None) -> tuple[int, int] | None:

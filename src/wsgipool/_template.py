@@ -1,0 +1,79 @@
+"""The front's handle on the preload template, which forks workers on request.
+
+With ``preload=True`` one process imports the app once; each worker is then a fork of it.
+The front never forks: it creates the new worker's two pipes itself and hands their far
+ends to the template over a unix socket (SCM_RIGHTS); the reply is the new worker's pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import struct
+from typing import Any
+
+import anyio
+
+from ._errors import WorkerGoneError
+from ._process import ForkedChild, WorkerProcess, pipe
+
+
+class Template(WorkerProcess):
+    """The preload template: it imported the app once and forks workers on request.
+
+    Fork requests travel over a unix socket, carrying the new worker's two pipe ends as
+    SCM_RIGHTS; the reply is the new pid. The front itself never forks.
+    """
+
+    sock: socket.socket
+    forking = False
+
+    @classmethod
+    def start(cls, hello: dict[str, Any], env: dict[str, str] | None) -> Template:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            hello = {**hello, "fork_fd": theirs.fileno()}
+            template = cls.spawn(0, hello, env, pass_fds=(theirs.fileno(),))
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        template.sock = ours
+        return template
+
+    async def fork(self, worker_id: int) -> WorkerProcess:
+        while self.forking:  # one request at a time keeps replies in order
+            await anyio.sleep(0.005)
+        self.forking = True
+        to_child_r, to_child_w = pipe()
+        from_child_r, from_child_w = pipe()
+        try:
+            socket.send_fds(self.sock, [struct.pack(">I", worker_id)], [to_child_r, from_child_w])
+            with anyio.fail_after(30):
+                await anyio.wait_readable(self.sock)
+            reply = self.sock.recv(16)
+        except (OSError, TimeoutError) as exc:
+            os.close(to_child_w)
+            os.close(from_child_r)
+            raise WorkerGoneError(f"the preload template did not fork: {exc}") from exc
+        finally:
+            self.forking = False
+            os.close(to_child_r)
+            os.close(from_child_w)
+        if len(reply) != 4:
+            os.close(to_child_w)
+            os.close(from_child_r)
+            raise WorkerGoneError("the preload template closed its socket")
+        worker = WorkerProcess(
+            worker_id, ForkedChild(struct.unpack(">I", reply)[0]), from_child_r, to_child_w
+        )
+        worker.template = self
+        return worker
+
+    def close_pipes(self) -> None:
+        super().close_pipes()
+        with contextlib.suppress(AttributeError):
+            self.sock.close()
