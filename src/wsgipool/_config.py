@@ -20,6 +20,7 @@ _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb":
           "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*\Z")
 _OFF = {"", "none", "off", "0"}
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 def parse_size(text: str | int | None) -> int | None:
@@ -124,7 +125,18 @@ class Config:
     preload: bool = option(
         False, "import the app once in a template process and fork workers from it", parse_bool
     )
-    log_level: str = option("info", "log level of the workers' own logging", str)
+    log_level: str = option(
+        "info", "log level (critical, error, warning, info, debug) of the workers and, "
+        "under `wsgipool serve`, of the front", str,
+    )
+    health: bool = option(
+        False, "answer /-/healthz (the front is up) and /-/readyz (a worker is ready)", parse_bool
+    )
+    metrics: bool = option(
+        False, "serve Prometheus metrics at metrics_path (needs prometheus-client)", parse_bool
+    )
+    metrics_path: str = option("/-/metrics", "path of the metrics", str)
+    status: bool = option(False, "serve a status page for people at /-/status", parse_bool)
 
     def __post_init__(self) -> None:
         checks = {
@@ -142,6 +154,8 @@ class Config:
             checks[name] = value is None or value > 0
         checks["max_lifetime_jitter"] = self.max_lifetime_jitter >= 0
         checks["idle_timeout"] = self.idle_timeout > 0
+        checks["log_level"] = self.log_level.lower() in LOG_LEVELS
+        checks["metrics_path"] = self.metrics_path.startswith("/")
         if self.max_workers is None:
             object.__setattr__(self, "max_workers", self.workers)
         checks["max_workers"] = self.max_workers is not None and self.max_workers >= self.workers

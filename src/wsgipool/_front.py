@@ -18,7 +18,9 @@ from ._environ import TooManyHeadersError, cgi_environ, complete_environ
 from ._errors import AppLoadError, WorkerError
 from ._exchange import Exchange
 from ._loader import describe, label
+from ._observe import observer_for
 from ._pool import Pool
+from ._supervisor import supervise
 from ._types import Environ, Message, OptExcInfo, Receive, Scope, Send
 from ._wsgi import ErrorStream, FileWrapper, Responder
 
@@ -40,6 +42,7 @@ class WsgiToAsgi:
         self.config = Config.from_options(options)
         self.spec = describe(wsgi_application)
         self.pool = Pool(self.spec, self.config)
+        self.observer = observer_for(self.pool, label(self.spec))  # the /-/ endpoints
 
     def __repr__(self) -> str:
         return f"<WsgiToAsgi {label(self.spec)} workers={self.config.workers}>"
@@ -47,6 +50,10 @@ class WsgiToAsgi:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
+            if self.observer is not None:
+                if await self.observer.answer(scope, send):
+                    return
+                send = self.observer.timed(send)
             instance = WsgiToAsgiInstance(
                 self.wsgi_application, self.duplicate_header_limit, pool=self.pool
             )
@@ -67,7 +74,7 @@ class WsgiToAsgi:
                 message = f"wsgipool could not start {label(self.spec)}: {exc}"
                 await send({"type": "lifespan.startup.failed", "message": message})
                 return
-            tg.start_soon(self.pool.supervise)
+            tg.start_soon(supervise, self.pool)
             await send({"type": "lifespan.startup.complete"})
             await receive()  # lifespan.shutdown
             await self.pool.aclose()

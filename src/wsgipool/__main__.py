@@ -1,0 +1,5 @@
+"""``python -m wsgipool serve MODULE:APP``."""
+
+from ._cli import run
+
+run()

@@ -1,0 +1,292 @@
+"""``wsgipool serve MODULE:APP``: a WSGI app, its pool of workers, an embedded uvicorn.
+
+Every flag is derived from one definition: the pool's options are the fields of
+:class:`~wsgipool.Config`, the server's are :data:`SERVER_OPTIONS`. Each is also read from
+``WSGIPOOL_<NAME>`` in the environment, parsed by the same function; a flag wins over it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import math
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._config import (
+    Config,
+    cli_flag,
+    env_name,
+    parse_bool,
+    parse_names,
+    parse_seconds,
+    parse_size,
+)
+from ._errors import ConfigError
+from ._front import WsgiToAsgi
+from ._host import Listener, ServedApp, bind, configure_logging, parse_binds, server_name
+from ._loader import label
+from ._titles import front_title, set_title
+
+#: Exit statuses: bad usage or configuration; an address that cannot be bound; the app
+#: failed to start (its own error is in the log).
+EXIT_USAGE, EXIT_BIND, EXIT_STARTUP = 2, 1, 3
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: a flag (``--name``, maybe a short one) and ``WSGIPOOL_NAME``."""
+
+    name: str
+    default: Any
+    help: str
+    parse: Callable[[str], Any] = str
+    short: str = ""
+    many: bool = False  # the flag may be repeated; the variable may list several
+
+
+SERVER_OPTIONS = (
+    Option(
+        "bind", ("127.0.0.1:8000",),
+        "listen on HOST:PORT (:PORT for every interface) or unix:PATH; repeat for several",
+        parse_binds, "-b", many=True,
+    ),
+    Option("root_path", "", "the path prefix a proxy serves the app under (ASGI root_path)"),
+    Option(
+        "proxy_headers", False,
+        "trust X-Forwarded-For/-Proto from the addresses in forwarded_allow_ips", parse_bool,
+    ),
+    Option(
+        "forwarded_allow_ips", "127.0.0.1",
+        "comma-separated proxy addresses whose X-Forwarded-* headers count ('*': any)",
+    ),
+    Option("access_log", True, "log one line per request", parse_bool),
+    Option("keep_alive", 5.0, "seconds an idle keep-alive connection stays open", float),
+    Option(
+        "reload", False, "development: rolling restart of the workers when a .py file under "
+        "the working directory changes", parse_bool,
+    ),
+    Option("chdir", "", "change to this directory before loading the app"),
+    Option("pythonpath", (), "comma-separated directories to put first on sys.path", parse_names),
+)  # fmt: skip
+#: Where ``wsgipool serve`` departs from the library's defaults.
+SERVE_DEFAULTS: Mapping[str, Any] = {"health": True}
+
+
+def all_options() -> list[Option]:
+    """The pool's options (from :class:`Config`), then the server's."""
+    options = []
+    for f in dataclasses.fields(Config):
+        default = None if f.default is dataclasses.MISSING else f.default  # None: computed
+        default = SERVE_DEFAULTS.get(f.name, default)
+        meta = f.metadata
+        options.append(Option(f.name, default, meta["help"], meta["parse"], meta["short"]))
+    return [*options, *SERVER_OPTIONS]
+
+
+def shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return ",".join(value) or "none"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value) or "none"
+
+
+def metavar(option: Option) -> str:
+    kinds = {int: "N", float: "SECONDS", parse_seconds: "SECONDS", parse_size: "SIZE"}
+    return kinds.get(option.parse, option.name.upper())
+
+
+class Switch(argparse.Action):
+    """``--name`` sets True, ``--no-name`` sets False."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: str | None = None) -> None:
+        setattr(namespace, self.dest, not (option or "").startswith("--no-"))
+
+
+class Many(argparse.Action):
+    """A repeatable flag: its first use replaces the default, later ones add to it."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: str | None = None) -> None:
+        previous = getattr(namespace, self.dest)
+        setattr(namespace, self.dest, values if previous is self.default else previous + values)
+
+
+def checked(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse``, its error message shown by argparse as it is."""
+
+    def parse_flag(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    return parse_flag
+
+
+def add_option(parser: Any, option: Option, environ: Mapping[str, str]) -> None:
+    env = env_name(option.name)
+    default = option.default
+    if env in environ:
+        try:
+            default = option.parse(environ[env])
+        except ValueError as exc:
+            raise ConfigError(f"{env}={environ[env]!r}: {exc}") from exc
+    text = option.help if "default" in option.help else f"{option.help}; default: {shown(default)}"
+    kwargs: dict[str, Any] = {"default": default, "help": f"{text} [{env}]".replace("%", "%%")}
+    flags = [*([option.short] if option.short else []), cli_flag(option.name)]
+    if option.parse is parse_bool:
+        flags.append("--no-" + option.name.replace("_", "-"))
+        kwargs.update(action=Switch, nargs=0)
+    elif option.many:
+        kwargs.update(action=Many, type=checked(option.parse), metavar=metavar(option))
+    else:
+        kwargs.update(type=checked(option.parse), metavar=metavar(option))
+    parser.add_argument(*flags, dest=option.name, **kwargs)
+
+
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    environ = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(
+        prog="wsgipool", description="Serve a WSGI app from a pool of worker processes."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="serve a WSGI app on uvicorn",
+        description="Serve a WSGI app through a pool of worker processes on uvicorn. "
+        "Every option is also read from the environment variable in brackets.",
+    )
+    serve.add_argument("app", help="the WSGI app as MODULE:ATTRIBUTE, e.g. mysite.wsgi:application")
+    pool = serve.add_argument_group("pool options (also WsgiToAsgi keywords)")
+    server = serve.add_argument_group("server options")
+    names = {option.name for option in SERVER_OPTIONS}
+    for option in all_options():
+        add_option(server if option.name in names else pool, option, environ)
+    return parser
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.error("choose a command: wsgipool serve MODULE:APP")
+    return args
+
+
+class Serving:
+    """The app, its listening sockets and the uvicorn that serves them, ready to run."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        try:
+            import uvicorn
+        except ImportError as exc:
+            raise ConfigError(
+                "wsgipool serve needs uvicorn: pip install 'wsgipool[serve]'"
+            ) from exc
+        if args.chdir:
+            try:
+                os.chdir(args.chdir)
+            except OSError as exc:
+                raise ConfigError(f"--chdir: {exc}") from exc
+        for folder in reversed([*args.pythonpath, os.getcwd()]):  # workers inherit sys.path
+            folder = os.path.abspath(folder)
+            if folder in sys.path:
+                sys.path.remove(folder)
+            sys.path.insert(0, folder)
+        names = {f.name for f in dataclasses.fields(Config)}
+        options = {k: v for k, v in vars(args).items() if k in names and v is not None}
+        self.app = WsgiToAsgi(args.app, **options)
+        configure_logging(args.log_level)
+        self.listeners: list[Listener] = []
+        try:
+            for address in args.bind:
+                self.listeners.append(bind(address))
+        except OSError:
+            self.close()
+            raise
+        graceful = self.app.config.graceful_timeout
+        self.served = ServedApp(self.app, self.banner(), args.reload)
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                self.served, lifespan="on", log_config=None, log_level=args.log_level,
+                access_log=args.access_log, root_path=args.root_path,
+                proxy_headers=args.proxy_headers, forwarded_allow_ips=args.forwarded_allow_ips,
+                timeout_keep_alive=int(args.keep_alive),
+                timeout_graceful_shutdown=None if graceful is None else math.ceil(graceful),
+            )
+        )  # fmt: skip
+
+    def banner(self) -> str:
+        config = self.app.config
+        where = ", ".join(listener.url for listener in self.listeners)
+        extras = [name for name in ("health", "metrics", "status") if getattr(config, name)]
+        text = f"serving {label(self.app.spec)} on {where} with {config.workers} workers"
+        text += f" ({server_name()})"
+        return text + (f"; /-/ endpoints: {', '.join(extras)}" if extras else "")
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (or ``server.should_exit``); the exit status."""
+        try:
+            with self.signals():
+                self.server.run(sockets=[listener.sock for listener in self.listeners])
+        except SystemExit:  # uvicorn's way of saying the lifespan startup failed
+            pass
+        finally:
+            self.close()
+        return 0 if self.server.started else EXIT_STARTUP
+
+    @contextlib.contextmanager
+    def signals(self) -> Iterator[None]:
+        """In the main thread: name the process; SIGTERM/SIGINT stop the server even before
+        uvicorn listens for them, and after (uvicorn raises them again once it is done: the
+        exit stays clean); SIGHUP is ignored until the pool is up to be restarted."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        set_title(front_title(label(self.app.spec)))
+
+        def stop(signum: int, frame: object) -> None:
+            self.server.should_exit = True
+
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def close(self) -> None:
+        for listener in self.listeners:
+            listener.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``wsgipool ...``: the exit status (0 after a clean shutdown)."""
+    try:
+        serving = Serving(parse(argv))
+    except SystemExit as exc:  # argparse: --help, or a usage error it has printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except ConfigError as exc:
+        print(f"wsgipool: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"wsgipool: error: cannot listen: {exc}", file=sys.stderr)
+        return EXIT_BIND
+    return serving.run()
+
+
+def run() -> None:
+    """The ``wsgipool`` console script."""
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Each example in ``examples/``, started with the very command the README gives for it,
+through a real server on loopback."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from test_cli import free_port, wait_for
+
+ROOT = Path(__file__).parent.parent
+FLASK = "wsgipool serve --chdir examples/flask app:app --workers 2"
+DJANGO = "wsgipool serve --chdir examples/django mysite.wsgi:application --workers 2"
+MIXED = "uvicorn --app-dir examples/mixed app:app"
+
+
+def documented(command: str) -> bool:
+    docs = [ROOT / "README.md", ROOT / "docs" / "README-cli.md"]
+    return any(command in path.read_text() for path in docs if path.exists())
+
+
+class Example:
+    """A README command run from the repository root, listening on a free port."""
+
+    def __init__(self, command: str, log: Path) -> None:
+        assert documented(command), f"not in the README: {command}"
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        argv = shlex.split(command)
+        argv[0] = str(Path(sys.executable).with_name(argv[0]))  # this venv's script
+        env = {**os.environ, "WSGIPOOL_BIND": f"127.0.0.1:{port}", "UVICORN_PORT": str(port)}
+        self.log = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=out)
+
+    def get(self, path: str) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=30)
+
+    def ready(self, path: str = "/") -> Example:
+        def up() -> bool:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                return self.get(path).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, what=" ".join(self.proc.args))  # type: ignore[arg-type]
+        return self
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        return self.log.read_text()
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> Iterator[Callable[[str], Example]]:
+    started: list[Example] = []
+
+    def start(command: str) -> Example:
+        started.append(Example(command, tmp_path / f"example-{len(started)}.log"))
+        return started[-1]
+
+    yield start
+    for one in started:
+        one.stop()
+
+
+def test_flask_example(example: Callable[[str], Example]) -> None:
+    served = example(FLASK).ready("/-/readyz")
+    pids = {served.get("/").json()["worker_pid"] for _ in range(4)}
+    assert served.proc.pid not in pids
+    assert served.get("/").json()["hello"] == "from Flask"
+    assert httpx.post(served.url + "/echo", content=b"hi").json() == {"received": "hi"}
+    assert served.get("/-/readyz").json()["workers"] == 2
+    served.stop()
+    assert served.proc.returncode == 0
+
+
+def test_django_example(example: Callable[[str], Example]) -> None:
+    served = example(DJANGO).ready("/-/readyz")
+    data = served.get("/").json()
+    assert data["hello"] == "from Django"
+    assert data["worker_pid"] != served.proc.pid
+    assert served.get("/items/7/").json() == {"item": 7, "path": "/items/7/"}
+    served.stop()
+    assert served.proc.returncode == 0
+
+
+def test_mixed_router_example(example: Callable[[str], Example]) -> None:
+    served = example(MIXED).ready()
+    native = served.get("/elsewhere").json()
+    assert native == {"app": "asgi", "pid": served.proc.pid, "path": "/elsewhere"}
+    shop = served.get("/shop/cart").json()
+    assert (shop["app"], shop["script_name"], shop["path_info"]) == ("shop", "/shop", "/cart")
+    blog = served.get("/blog/").json()
+    assert (blog["app"], blog["script_name"], blog["path_info"]) == ("blog", "/blog", "/")
+    assert len({served.proc.pid, shop["worker_pid"], blog["worker_pid"]}) == 3
+    assert "Application shutdown complete." in served.stop()
