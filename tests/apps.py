@@ -227,7 +227,7 @@ def errors_log(environ: Environ, start_response: Any) -> Iterable[bytes]:
 def file_response(environ: Environ, start_response: Any) -> Iterable[bytes]:
     path = _q(environ, "path")
     start_response("200 OK", [("Content-Length", str(os.path.getsize(path)))])
-    return environ["wsgi.file_wrapper"](open(path, "rb"), 8192)  # noqa: SIM115
+    return environ["wsgi.file_wrapper"](open(path, "rb"), 8192)
 
 
 def cwd(environ: Environ, start_response: Any) -> Iterable[bytes]:
@@ -295,3 +295,62 @@ def import_stamp(environ: Environ, start_response: Any) -> Iterable[bytes]:
     """When this module was imported in the serving process, and that process's ids."""
     start_response("200 OK", [])
     return [f"{IMPORTED_AT} {os.getpid()} {os.getppid()}".encode()]
+
+
+_HOARD: list[bytes] = []
+
+
+def pid_sleep(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """Answers its pid (body and ``X-Worker-Pid``) after ``?s=`` seconds.
+
+    ``?marker=PATH`` writes the pid to PATH first; ``?mib=N`` allocates N MiB and keeps it
+    for the life of the process.
+    """
+    marker = _q(environ, "marker")
+    if marker:
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
+    mib = int(_q(environ, "mib", "0"))
+    if mib:
+        _HOARD.append(b"m" * (mib << 20))
+    time.sleep(float(_q(environ, "s", "0")))
+    body = str(os.getpid()).encode()
+    start_response(
+        "200 OK",
+        [
+            ("Content-Type", "text/plain"),
+            ("Content-Length", str(len(body))),
+            ("X-Worker-Pid", str(os.getpid())),
+        ],
+    )
+    return [body]
+
+
+def _first_then_sleep() -> Iterator[bytes]:
+    yield b"first\n"
+    time.sleep(60)  # deaf to any abort until it returns
+    yield b"never\n"
+
+
+def stream_then_hang(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """Sends one chunk, then hangs inside its iterator."""
+    start_response("200 OK", [("Content-Type", "text/plain"), ("X-Worker-Pid", str(os.getpid()))])
+    return _first_then_sleep()
+
+
+def env_probe(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """``?names=A,B``: those of the named environment variables this process has."""
+    names = [name for name in _q(environ, "names").split(",") if name]
+    body = json.dumps({name: os.environ[name] for name in names if name in os.environ})
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body.encode()]
+
+
+def supervised(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """``/hang``: :func:`stream_then_hang`; ``/env``: :func:`env_probe`; else :func:`pid_sleep`."""
+    path = environ.get("PATH_INFO", "")
+    if path == "/hang":
+        return stream_then_hang(environ, start_response)
+    if path == "/env":
+        return env_probe(environ, start_response)
+    return pid_sleep(environ, start_response)

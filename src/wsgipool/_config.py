@@ -16,8 +16,19 @@ from typing import Any
 
 from ._errors import ConfigError
 
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
-          "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*\Z")
 _OFF = {"", "none", "off", "0"}
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -83,11 +94,17 @@ class Config:
     """Pool options; every field is also a keyword of ``WsgiToAsgi``."""
 
     workers: int = option(
-        None, "worker processes (default: one per CPU)", int, "-w", factory=lambda: default_workers()
+        None,
+        "worker processes (default: one per CPU)",
+        int,
+        "-w",
+        factory=lambda: default_workers(),
     )
     timeout: float | None = option(
-        30.0, "seconds a worker may spend on one request before it is killed (504); none: off",
-        parse_seconds, "-t",
+        30.0,
+        "seconds a worker may spend on one request before it is killed (504); none: off",
+        parse_seconds,
+        "-t",
     )
     startup_timeout: float = option(60.0, "seconds a new worker may take to import the app", float)
     graceful_timeout: float | None = option(
@@ -107,7 +124,8 @@ class Config:
     )
     max_lifetime_jitter: float = option(0.0, "random 0..N seconds added to max_lifetime", float)
     max_rss: int | None = option(
-        None, "retire a worker whose resident memory exceeds this after a request, e.g. 512MiB",
+        None,
+        "retire a worker whose resident memory exceeds this after a request, e.g. 512MiB",
         parse_size,
     )
     max_workers: int | None = option(
@@ -119,15 +137,18 @@ class Config:
     user: str | None = option(None, "run workers as this user (the front must be root)", str)
     group: str | None = option(None, "run workers with this group (the front must be root)", str)
     worker_env: tuple[str, ...] | None = option(
-        None, "comma-separated environment variables workers may see; default: all",
+        None,
+        "comma-separated environment variables workers may see; default: all",
         parse_names,
     )
     preload: bool = option(
         False, "import the app once in a template process and fork workers from it", parse_bool
     )
     log_level: str = option(
-        "info", "log level (critical, error, warning, info, debug) of the workers and, "
-        "under `wsgipool serve`, of the front", str,
+        "info",
+        "log level (critical, error, warning, info, debug) of the workers and, "
+        "under `wsgipool serve`, of the front",
+        str,
     )
     health: bool = option(
         False, "answer /-/healthz (the front is up) and /-/readyz (a worker is ready)", parse_bool

@@ -23,7 +23,13 @@ from typing import Any
 import anyio
 
 from ._config import Config
-from ._errors import AppLoadError, OverloadedError, PoolClosedError, WorkerError
+from ._errors import (
+    AppLoadError,
+    OverloadedError,
+    PoolClosedError,
+    WorkerError,
+    WorkerGoneError,
+)
 from ._loader import AppSpec
 from ._process import WorkerProcess, describe_exit, resolve_identity
 from ._template import Template
@@ -41,11 +47,12 @@ _START_ERRORS = (AppLoadError, WorkerError, OSError, TimeoutError)
 class _Waiter:
     """A request queued for a worker; ``worker`` is None when woken only to retry."""
 
-    __slots__ = ("event", "worker")
+    __slots__ = ("error", "event", "worker")
 
     def __init__(self) -> None:
         self.event = anyio.Event()
         self.worker: WorkerProcess | None = None
+        self.error: Exception | None = None  # start-up failed and no worker is left
 
 
 def _kill_all(workers: set[WorkerProcess]) -> None:
@@ -145,14 +152,19 @@ class Pool:
         except BaseException as exc:
             if worker is not None:
                 self._forget(worker)
-                worker.kill_now()
+                worker.signal_group(signal.SIGKILL)
+                worker.close_pipes()
+                self.exiting[worker] = time.monotonic()
             else:
                 self._free_ids.append(worker_id)
-            if isinstance(exc, _START_ERRORS):
-                self._note_failure(exc)
-            raise
-        finally:
             self.starting -= 1
+            if isinstance(exc, (AppLoadError, TimeoutError)):
+                self._note_failure(exc)
+                self._fail_waiters(exc)
+            elif isinstance(exc, _START_ERRORS):
+                log.warning("worker %d did not start: %s", worker_id, exc)
+            raise
+        self.starting -= 1
         self.failures = 0
         self._set_limits(worker)
         log.info("worker %d started (pid %d)", worker.id, worker.pid)
@@ -186,10 +198,21 @@ class Pool:
     def _set_limits(self, worker: WorkerProcess) -> None:
         config = self.config
         if config.max_requests:
-            worker.request_limit = config.max_requests + int(_jitter(config.max_requests_jitter))
+            worker.request_limit = config.max_requests + random.randint(
+                0, config.max_requests_jitter
+            )
         if config.max_lifetime:
             lifetime = config.max_lifetime + _jitter(config.max_lifetime_jitter)
             worker.expires_at = worker.started_at + lifetime
+
+    def _fail_waiters(self, exc: Exception) -> None:
+        """With no worker left to wait for, queued requests get the start-up error now."""
+        if self.idle or self.busy or self.starting:
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            waiter.error = exc
+            waiter.event.set()
 
     def _note_failure(self, exc: BaseException) -> None:
         self.failures += 1
@@ -220,6 +243,9 @@ class Pool:
             raise errors[0]
 
     async def spawn_idle(self, errors: list[Exception] | None = None) -> None:
+        """Start a worker for the pool (not for a request); the supervisor's replacement."""
+        if errors is None and self.size >= self.target:
+            return  # a request started one meanwhile
         try:
             self._offer(await self._spawn())
         except _START_ERRORS as exc:
@@ -239,7 +265,10 @@ class Pool:
                     return worker
                 self.lost(worker, "died while idle")
             if self.size < self.limit and time.monotonic() >= self.backoff_until:
-                worker = await self._spawn()
+                try:
+                    worker = await self._spawn()
+                except WorkerGoneError:
+                    continue  # killed from outside while starting: not the app's fault
                 self._checkout(worker)
                 return worker
             handed = await self._queue()
@@ -274,6 +303,8 @@ class Pool:
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
+        if waiter.error is not None:
+            raise waiter.error
         if not waiter.event.is_set() and not owed:
             raise OverloadedError("no worker became free within queue_timeout")
         return waiter.worker

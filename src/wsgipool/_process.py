@@ -101,6 +101,8 @@ def _running(pid: int) -> bool:
 
 
 _W = TypeVar("_W", bound="WorkerProcess")
+#: Signals that mean "killed from outside", not "the app failed to start".
+_KILLED = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT})
 
 
 class WorkerProcess:
@@ -170,9 +172,10 @@ class WorkerProcess:
                 frames = await self.read()
             except WorkerGoneError:
                 code = await self.wait(1.0)
-                raise AppLoadError(
-                    f"worker {self.id} exited during start-up ({describe_exit(code)})"
-                ) from None
+                message = f"worker {self.id} exited during start-up ({describe_exit(code)})"
+                if code is not None and -code in _KILLED:
+                    raise WorkerGoneError(message) from None  # killed from outside
+                raise AppLoadError(message) from None
         kind = frames[0][0]
         if kind == proto.FAILED:
             log.error(
@@ -197,7 +200,7 @@ class WorkerProcess:
         while view:
             written = self._write_some(view)
             if written is None:
-                await anyio.wait_writable(self.wfd)  # nothing written yet: safe to cancel
+                await self._wait_writable()  # nothing written yet: safe to cancel
                 continue
             view = view[written:]
             if view:
@@ -205,11 +208,17 @@ class WorkerProcess:
                     while view:
                         written = self._write_some(view)
                         if written is None:
-                            await anyio.wait_writable(self.wfd)
+                            await self._wait_writable()
                         else:
                             view = view[written:]
                 if scope.cancelled_caught:
                     raise WorkerGoneError(f"worker {self.id} stopped reading its pipe")
+
+    async def _wait_writable(self) -> None:
+        try:
+            await anyio.wait_writable(self.wfd)
+        except (anyio.ClosedResourceError, OSError, ValueError) as exc:
+            raise WorkerGoneError(f"worker {self.id}: pipe closed") from exc
 
     def _write_some(self, view: memoryview) -> int | None:
         try:
@@ -230,8 +239,13 @@ class WorkerProcess:
             os.kill(self.pid, sig)
 
     def close_pipes(self) -> None:
-        self.reader.close()
+        """Close both pipes; a request still reading or writing them sees WorkerGoneError."""
+        self.reader.abort(WorkerGoneError(f"worker {self.id} was stopped"))
         for fd in (self.rfd, self.wfd):
+            if fd < 0:
+                continue
+            with contextlib.suppress(Exception):  # no event loop here: nobody is waiting
+                anyio.notify_closing(fd)
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.rfd = self.wfd = -1

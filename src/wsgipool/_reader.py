@@ -61,7 +61,11 @@ class PipeReader:
             try:
                 self._receive()
             except BlockingIOError:
-                await anyio.wait_readable(self.fd)
+                try:
+                    await anyio.wait_readable(self.fd)
+                except (anyio.ClosedResourceError, OSError, ValueError):
+                    if self._error is None:
+                        self._error = WorkerGoneError(f"{self.name}: pipe closed")
         frames, self._frames = self._frames, []
         return frames
 
@@ -104,6 +108,14 @@ class PipeReader:
             with contextlib.suppress(Exception):  # the loop may be closed already
                 self._loop.remove_reader(self.fd)
         self._paused = True
+
+    def abort(self, error: WorkerError) -> None:
+        """The pipe is about to be closed: wake a waiting reader with ``error``."""
+        if self._error is None:
+            self._error = error
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        self.close()
 
     def close(self) -> None:
         """Unregister from the loop; call before the descriptor is closed."""

@@ -154,9 +154,7 @@ class Worker:
         channel.aborted = False
         self.responder = responder = Responder(self.write)
         self.sent = 0
-        environ = complete_environ(
-            cgi, InputStream(channel.pull_body), self.errors, FileWrapper
-        )
+        environ = complete_environ(cgi, InputStream(channel.pull_body), self.errors, FileWrapper)
         result: Iterable[bytes] | None = None
         failure = None
         try:
