@@ -26,7 +26,7 @@ from ._errors import (
     WorkerGoneError,
     WorkerTimeoutError,
 )
-from ._pool import KILL_GRACE, Pool
+from ._pool import KILL_GRACE, Pool, Watch
 from ._process import WorkerProcess, describe_exit
 from ._types import Message, Receive, Send
 
@@ -108,10 +108,7 @@ class Exchange:
     async def _dispatch(self, data: bytes, watch: bool) -> WorkerProcess | None:
         """Hand the request to a worker; one that died before reading it is replaced once."""
         for attempt in (1, 2):
-            if watch and not self.pool.idle:
-                worker = await self._acquire_watching()
-            else:
-                worker = await self._acquire()
+            worker = await self._acquire(self._client_gone if watch else None)
             if worker is None:
                 return None
             timeout = self.pool.config.timeout
@@ -126,28 +123,15 @@ class Exchange:
                     await self.respond(502, "Bad Gateway")
         return None
 
-    async def _acquire_watching(self) -> WorkerProcess | None:
-        """Wait for a worker, but leave the queue if the client disconnects meanwhile."""
-        worker = None
+    async def _client_gone(self) -> None:
+        """Return once the client disconnects (the body is complete: nothing else comes)."""
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+        self.disconnected = True
 
-        async def watch(scope: anyio.CancelScope) -> None:
-            message = await self.receive()  # the body is complete: only a disconnect comes
-            if message["type"] == "http.disconnect":
-                self.disconnected = True
-                scope.cancel()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(watch, tg.cancel_scope)
-            worker = await self._acquire()
-            tg.cancel_scope.cancel()
-        if self.disconnected and worker is not None:
-            self.pool.release(worker, served=False)
-            return None
-        return worker
-
-    async def _acquire(self) -> WorkerProcess | None:
+    async def _acquire(self, watch: Watch | None) -> WorkerProcess | None:
         try:
-            return await self.pool.acquire()
+            return await self.pool.acquire(watch)
         except (OverloadedError, PoolClosedError) as exc:
             log.warning("503 for %s: %s", self.request_line, exc)
             await self.respond(503, "Service Unavailable", (b"retry-after", b"1"))

@@ -18,6 +18,7 @@ import sys
 import time
 import weakref
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -44,15 +45,29 @@ MAX_BACKOFF = 30.0
 _START_ERRORS = (AppLoadError, WorkerError, OSError, TimeoutError)
 
 
-class _Waiter:
-    """A request queued for a worker; ``worker`` is None when woken only to retry."""
+#: What a queued request runs while it waits; when it returns, the request leaves the queue.
+Watch = Callable[[], Awaitable[None]]
 
-    __slots__ = ("error", "event", "worker")
+
+class _Waiter:
+    """A request queued for a worker; ``worker`` is None when woken only to retry.
+
+    The waiting task sits in ``scope`` (running its watch, e.g. for a client disconnect);
+    the pool wakes it by cancelling that scope, so queueing costs no extra task.
+    """
+
+    __slots__ = ("error", "scope", "woken", "worker")
 
     def __init__(self) -> None:
-        self.event = anyio.Event()
+        self.scope: anyio.CancelScope | None = None
         self.worker: WorkerProcess | None = None
         self.error: Exception | None = None  # start-up failed and no worker is left
+        self.woken = False
+
+    def wake(self) -> None:
+        self.woken = True
+        if self.scope is not None:
+            self.scope.cancel()
 
 
 def _kill_all(workers: set[WorkerProcess]) -> None:
@@ -212,7 +227,7 @@ class Pool:
         while self._waiters:
             waiter = self._waiters.popleft()
             waiter.error = exc
-            waiter.event.set()
+            waiter.wake()
 
     def _note_failure(self, exc: BaseException) -> None:
         self.failures += 1
@@ -252,8 +267,12 @@ class Pool:
             if errors is not None:
                 errors.append(exc)  # else: logged and backed off in _spawn
 
-    async def acquire(self) -> WorkerProcess:
-        """A worker for one request: idle now, started for us, or after queueing."""
+    async def acquire(self, watch: Watch | None = None) -> WorkerProcess | None:
+        """A worker for one request: idle now, started for us, or after queueing.
+
+        While queued the caller's ``watch`` runs; if it returns (the client left), the
+        request leaves the queue and the result is None.
+        """
         while True:
             if self.closing:
                 raise PoolClosedError("the server is shutting down")
@@ -271,8 +290,8 @@ class Pool:
                     continue  # killed from outside while starting: not the app's fault
                 self._checkout(worker)
                 return worker
-            handed = await self._queue()
-            if handed is not None:
+            handed, left = await self._queue(watch)
+            if handed is not None or left:
                 return handed
 
     def _checkout(self, worker: WorkerProcess) -> None:
@@ -284,7 +303,8 @@ class Pool:
             # Its replacement may start now, while this last request runs.
             self.retire_after(worker, "max_requests" if last else "max_lifetime")
 
-    async def _queue(self) -> WorkerProcess | None:
+    async def _queue(self, watch: Watch | None) -> tuple[WorkerProcess | None, bool]:
+        """Wait for a worker: (worker or None to retry, whether the request left)."""
         if len(self._waiters) >= self.config.backlog:
             raise OverloadedError(f"{len(self._waiters)} requests already waiting")
         waiter = _Waiter()
@@ -293,9 +313,16 @@ class Pool:
         owed = self.size < self.target
         if owed:  # capacity is owed but backing off: retry when the back-off ends
             delay = min(delay or MAX_BACKOFF, max(self.backoff_until - time.monotonic(), 0.01))
+        left = False
         try:
-            with anyio.move_on_after(delay):
-                await waiter.event.wait()
+            with anyio.CancelScope() as waiter.scope:
+                if delay is not None:
+                    waiter.scope.deadline = anyio.current_time() + delay
+                if watch is None:
+                    await anyio.sleep_forever()
+                else:
+                    await watch()
+                    left = True
         except BaseException:
             if waiter.worker is not None:  # handed a worker just as we were cancelled
                 self.release(waiter.worker, served=False)
@@ -303,11 +330,15 @@ class Pool:
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
+        if left:
+            if waiter.worker is not None:
+                self.release(waiter.worker, served=False)
+            return None, True
         if waiter.error is not None:
             raise waiter.error
-        if not waiter.event.is_set() and not owed:
+        if not waiter.woken and not owed:
             raise OverloadedError("no worker became free within queue_timeout")
-        return waiter.worker
+        return waiter.worker, False
 
     def _offer(self, worker: WorkerProcess) -> None:
         """Give a free worker to the longest-waiting request, or park it as idle."""
@@ -315,7 +346,7 @@ class Pool:
             waiter = self._waiters.popleft()
             waiter.worker = worker
             self._checkout(worker)
-            waiter.event.set()
+            waiter.wake()
             return
         worker.idle_since = time.monotonic()
         self.idle.append(worker)
@@ -323,7 +354,7 @@ class Pool:
     def _wake_one(self) -> None:
         """Capacity was lost: let the first waiter retry (it may start a worker itself)."""
         if self._waiters:
-            self._waiters.popleft().event.set()
+            self._waiters.popleft().wake()
 
     # -- after a request ------------------------------------------------------------
 
@@ -433,7 +464,7 @@ class Pool:
         """Stop taking requests, let busy workers finish (graceful_timeout), stop all."""
         self.closing = True
         while self._waiters:
-            self._waiters.popleft().event.set()
+            self._waiters.popleft().wake()
         with anyio.move_on_after(self.config.graceful_timeout):
             while self.busy or self.starting:
                 await anyio.sleep(0.01)
