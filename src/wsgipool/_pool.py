@@ -10,6 +10,7 @@ processes are reaped by polling, never in signal handlers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -67,7 +68,22 @@ class _Waiter:
     def wake(self) -> None:
         self.woken = True
         if self.scope is not None:
-            self.scope.cancel()
+            _soon(self.scope.cancel)
+
+
+def _soon(callback: Callable[[], object]) -> None:
+    """Run ``callback`` from the event loop rather than from the current task.
+
+    anyio's asyncio backend formats the calling task's repr into the reason of every
+    cancellation it is asked for from inside a task, which costs more than the rest of
+    a hand-off; from a plain loop callback there is no task to describe.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        callback()  # trio: cancelling is cheap
+    else:
+        loop.call_soon(callback)
 
 
 def _kill_all(workers: set[WorkerProcess]) -> None:
