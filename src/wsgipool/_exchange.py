@@ -101,11 +101,13 @@ class Exchange:
             payload += proto.body_frames(body)
         if not more:
             payload.append(proto.EOF_FRAME)
-        worker = await self._dispatch(b"".join(payload), watch=not more)
+        worker = await self._dispatch(payload, watch=not more)
         if worker is not None:
             await self._serve(worker, more, len(body))
 
-    async def _dispatch(self, data: bytes, watch: bool) -> WorkerProcess | None:
+    async def _dispatch(
+        self, payload: list[bytes | memoryview], watch: bool
+    ) -> WorkerProcess | None:
         """Hand the request to a worker; one that died before reading it is replaced once."""
         for attempt in (1, 2):
             worker = await self._acquire(self._client_gone if watch else None)
@@ -115,7 +117,7 @@ class Exchange:
             worker.deadline = None if timeout is None else time.monotonic() + timeout
             self.worker = worker
             try:
-                await worker.write(data)
+                await worker.write(*payload)
                 return worker
             except WorkerGoneError:
                 self.pool.discard(worker, "died while idle")
@@ -291,7 +293,7 @@ class Exchange:
                 if not more:
                     pieces.append(proto.EOF_FRAME)
                 async with lock:
-                    await worker.write(b"".join(pieces))
+                    await worker.write(*pieces)
             else:
                 message = await self.receive()  # returns only once the client has gone
             if message["type"] == "http.disconnect":

@@ -295,7 +295,9 @@ class Pool:
             self.reap()
             while self.idle:
                 worker = self.idle.pop()
-                if worker.alive():
+                # Supervised, a death shows as a broken pipe (and the request is retried on
+                # another worker) or at the next tick: no wait4() per request.
+                if not worker.reader.broken and (self.supervised or worker.alive()):
                     self._checkout(worker)
                     return worker
                 self.lost(worker, "died while idle")

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
@@ -189,30 +190,29 @@ class WorkerProcess:
         """At least one whole frame; WorkerGoneError at end of file."""
         return await self.reader.read()
 
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Write whole frames: cancellable until the first byte is in the pipe, then shielded.
+    async def write(self, *pieces: bytes | bytearray | memoryview) -> None:
+        """Write whole frames given as pieces (gathered, never joined): cancellable until
+        the first byte is in the pipe, then shielded.
 
         A frame cut in half would corrupt the stream for every later request, while a frame
         not started at all is harmless; an idle worker drains its pipe, so the shielded part
         ends quickly unless the worker is stuck, which ``WRITE_STUCK`` bounds.
         """
-        view = memoryview(data)
-        while view:
-            written = self._write_some(view)
-            if written is None:
-                await self._wait_writable()  # nothing written yet: safe to cancel
-                continue
-            view = view[written:]
-            if view:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(WRITE_STUCK) as scope:
-                    while view:
-                        written = self._write_some(view)
-                        if written is None:
-                            await self._wait_writable()
-                        else:
-                            view = view[written:]
-                if scope.cancelled_caught:
-                    raise WorkerGoneError(f"worker {self.id} stopped reading its pipe")
+        written = self._write_some(pieces)
+        while written is None:
+            await self._wait_writable()  # nothing written yet: safe to cancel
+            written = self._write_some(pieces)
+        rest = _after(pieces, written)
+        if rest:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(WRITE_STUCK) as scope:
+                while rest:
+                    written = self._write_some(rest)
+                    if written is None:
+                        await self._wait_writable()
+                    else:
+                        rest = _after(rest, written)
+            if scope.cancelled_caught:
+                raise WorkerGoneError(f"worker {self.id} stopped reading its pipe")
 
     async def _wait_writable(self) -> None:
         try:
@@ -220,9 +220,11 @@ class WorkerProcess:
         except (anyio.ClosedResourceError, OSError, ValueError) as exc:
             raise WorkerGoneError(f"worker {self.id}: pipe closed") from exc
 
-    def _write_some(self, view: memoryview) -> int | None:
+    def _write_some(self, pieces: Sequence[bytes | bytearray | memoryview]) -> int | None:
         try:
-            return os.write(self.wfd, view)
+            if len(pieces) == 1:
+                return os.write(self.wfd, pieces[0])
+            return os.writev(self.wfd, pieces)
         except BlockingIOError:
             return None
         except OSError as exc:  # EPIPE: the worker is gone
@@ -295,6 +297,20 @@ def resolve_identity(user: str | None, group: str | None) -> tuple[int, int] | N
     if os.geteuid() != 0 and (entry.pw_uid, gid) != (os.geteuid(), os.getegid()):
         raise ConfigError("user/group need the front to start as root")
     return entry.pw_uid, gid
+
+
+def _after(
+    pieces: Sequence[bytes | bytearray | memoryview], written: int
+) -> list[bytes | bytearray | memoryview]:
+    """What is left of ``pieces`` once ``written`` bytes of them are in the pipe."""
+    rest: list[bytes | bytearray | memoryview] = []
+    for piece in pieces:
+        if written >= len(piece):
+            written -= len(piece)
+        else:
+            rest.append(memoryview(piece)[written:] if written else piece)
+            written = 0
+    return rest
 
 
 def describe_exit(code: int | None) -> str:

@@ -33,6 +33,11 @@ class PipeReader:
         self._paused = True
         self._waiter: asyncio.Future[None] | None = None
 
+    @property
+    def broken(self) -> bool:
+        """The pipe reached its end or failed (seen on asyncio even while idle)."""
+        return self._error is not None and not self._frames
+
     async def read(self) -> list[Frame]:
         """At least one whole frame; WorkerGoneError at end of file."""
         try:

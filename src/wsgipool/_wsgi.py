@@ -99,39 +99,53 @@ class Responder:
 
 
 class InputStream(io.RawIOBase):
-    """``wsgi.input``: reads pull body chunks from the front only when the app asks."""
+    """``wsgi.input``: reads pull body chunks from the front only when the app asks.
+
+    The chunk being read is kept as it arrived, with an offset: a read is one slice of it
+    (or a join across chunks), never a copy into and out of a growing buffer.
+    """
 
     def __init__(self, pull: Callable[[], bytes | None]) -> None:
         self._pull = pull
-        self._buf = bytearray()
+        self._chunk = b""
+        self._pos = 0
         self._eof = False
 
     def readable(self) -> bool:
         return True
 
-    def _fill(self) -> bool:
+    def _next(self) -> bool:
+        """Replace the used-up chunk with the next one; False at the end of the body."""
         if self._eof:
             return False
         chunk = self._pull()
         if chunk is None:
             self._eof = True
             return False
-        self._buf += chunk
+        self._chunk, self._pos = chunk, 0
         return True
 
-    def _take(self, size: int) -> bytes:
-        data = bytes(self._buf[:size])
-        del self._buf[:size]
-        return data
+    def _slice(self, size: int) -> bytes:
+        pos = self._pos
+        self._pos = pos + size
+        if pos == 0 and size >= len(self._chunk):
+            return self._chunk  # the whole chunk: no copy
+        return self._chunk[pos : pos + size]
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
-            while self._fill():
-                pass
-            return self._take(len(self._buf))
-        while len(self._buf) < size and self._fill():
-            pass
-        return self._take(size)
+            size = 1 << 62
+        parts: list[bytes] = []
+        while size:
+            left = len(self._chunk) - self._pos
+            if not left:
+                if not self._next():
+                    break
+                continue
+            part = self._slice(min(size, left))
+            parts.append(part)
+            size -= len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def readinto(self, buffer: Any) -> int:
         data = self.read(len(memoryview(buffer)))
@@ -139,21 +153,21 @@ class InputStream(io.RawIOBase):
         return len(data)
 
     def readline(self, size: int | None = -1) -> bytes:
-        limit = size if size is not None and size >= 0 else None
-        start = 0
-        while True:
-            newline = self._buf.find(b"\n", start)
+        limit = size if size is not None and size >= 0 else 1 << 62
+        parts: list[bytes] = []
+        while limit:
+            left = len(self._chunk) - self._pos
+            if not left:
+                if not self._next():
+                    break
+                continue
+            newline = self._chunk.find(b"\n", self._pos, self._pos + min(limit, left))
+            take = min(limit, left) if newline < 0 else newline + 1 - self._pos
+            parts.append(self._slice(take))
+            limit -= take
             if newline >= 0:
-                end = newline + 1
                 break
-            if limit is not None and len(self._buf) >= limit:
-                end = limit
-                break
-            start = len(self._buf)
-            if not self._fill():
-                end = len(self._buf)
-                break
-        return self._take(end if limit is None else min(end, limit))
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def readlines(self, hint: int = -1) -> list[bytes]:
         lines: list[bytes] = []
@@ -171,8 +185,9 @@ class InputStream(io.RawIOBase):
 
     def drain(self) -> None:
         """Discard what the app did not read, so the next request starts clean."""
-        while self._fill():
-            self._buf.clear()
+        self._chunk, self._pos = b"", 0
+        while self._next():
+            pass
 
 
 class ErrorStream(io.TextIOBase):
