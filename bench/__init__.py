@@ -1,0 +1,1 @@
+"""Benchmark of wsgipool against in-process adapters and gunicorn (see ``run.py``)."""

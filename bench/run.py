@@ -1,0 +1,497 @@
+"""Load each contender with wrk on loopback, one at a time, and compare them with wsgipool.
+
+    python bench/run.py            # full run, ~8 s per cell, about 6 minutes
+    python bench/run.py --smoke    # 1 s per cell, to check that everything still runs
+
+Writes ``bench/results/latest.md``, ``latest.json`` and ``latest.png`` (the chart needs
+matplotlib). Needs wrk: ``apt-get install -y wrk``; Python deps: ``bench/requirements.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+LUA = ROOT / "bench" / "wrk.lua"
+MIB = 1024 * 1024
+BODY = 10 * MIB  # stream and upload size
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    path: str
+    connections: int
+    upload: int = 0  # request body bytes (POST) or 0
+    payload: int = 0  # bytes that count for MB/s; 0: what wrk read
+
+
+WORKLOADS = (
+    Workload("hello", "/hello", 16),
+    Workload("hello-1conn", "/hello", 1),
+    Workload("cpu", "/cpu", 16),
+    Workload("stream", "/stream", 16, payload=BODY),
+    Workload("upload", "/upload", 16, upload=BODY, payload=BODY),
+)
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    kind: str  # "uvicorn" (with factory) or "gunicorn"
+    target: str
+    note: str
+    hello_only: bool = False
+
+
+CONTENDERS = (
+    Contender(
+        "uvicorn-asgi",
+        "uvicorn",
+        "bench.app:make_asgi",
+        "bare ASGI hello, 1 uvicorn process (the ceiling)",
+        hello_only=True,
+    ),
+    Contender(
+        "asgiref",
+        "uvicorn",
+        "bench.app:make_asgiref",
+        "asgiref WsgiToAsgi, in-process threads, 1 uvicorn process; asgiref 3.9 and "
+        'later answer part of concurrent requests with 500 ("CurrentThreadExecutor '
+        'already quit or is broken"): those count as errors, not in req/s',
+    ),
+    Contender(
+        "a2wsgi",
+        "uvicorn",
+        "bench.app:make_a2wsgi",
+        "a2wsgi WSGIMiddleware, in-process threads, 1 uvicorn process",
+    ),
+    Contender(
+        "gunicorn",
+        "gunicorn",
+        "bench.app:app",
+        "gunicorn sync workers (no keep-alive), WORKERS workers",
+    ),
+    Contender(
+        "wsgipool",
+        "uvicorn",
+        "bench.app:make_wsgipool",
+        "wsgipool WsgiToAsgi, 1 uvicorn process + WORKERS workers",
+    ),
+)
+
+
+@dataclass
+class Cell:
+    contender: str
+    workload: str
+    requests: int = 0
+    seconds: float = 0.0
+    rps: float = 0.0
+    mbps: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    errors: int = 0
+    front_cpu: float = 0.0  # percent of one core during the measurement
+    workers_cpu: float = 0.0
+    wrk_cpu: float = 0.0
+    others_cpu: float = 0.0  # CPU used by processes outside the benchmark (noise)
+    front_hwm_mib: float = 0.0
+    worker_hwm_mib: float = 0.0  # the largest worker
+    failed: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+# -- processes ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def have(module: str) -> bool:
+    try:
+        metadata.version(module)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def server_command(contender: Contender, port: int, workers: int) -> list[str]:
+    if contender.kind == "gunicorn":
+        return [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--workers",
+            str(workers),
+            "--worker-class",
+            "sync",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            contender.target,
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        contender.target,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop" if have("uvloop") else "auto",
+        "--http",
+        "httptools" if have("httptools") else "auto",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+
+
+def children(pid: int) -> list[int]:
+    """Every descendant of ``pid``."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*/children"):
+            try:
+                kids = [int(p) for p in task.read_text().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def proc_status(pid: int, key: str) -> float:
+    """A ``/proc/<pid>/status`` memory field in MiB (0 if the process is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(pid: int) -> tuple[float, float, float, float]:
+    """CPU seconds of the server, its children, waited-for children of ours, the machine."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    busy = sum(int(v) for i, v in enumerate(fields[:8]) if i not in (3, 4))  # not idle/iowait
+    ours = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (
+        cpu_seconds(pid),
+        sum(cpu_seconds(kid) for kid in children(pid)),
+        ours.ru_utime + ours.ru_stime,
+        busy / os.sysconf("SC_CLK_TCK"),
+    )
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/hello", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server did not answer within {timeout}s")
+
+
+@contextmanager
+def running(contender: Contender, workers: int, log: Path) -> Iterator[tuple[int, str]]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "BENCH_WORKERS": str(workers),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            server_command(contender, port, workers),
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc)
+        yield proc.pid, url
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (graceful), then SIGKILL whatever is left of the server's process group."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
+            proc.wait(15)
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+# -- wrk ---------------------------------------------------------------------------------
+
+
+def wrk(url: str, workload: Workload, seconds: float) -> dict[str, Any]:
+    env = dict(os.environ)
+    if workload.upload:
+        env["WRK_UPLOAD_BYTES"] = str(workload.upload)
+    command = [
+        "wrk",
+        "-t1",
+        "-c",
+        str(workload.connections),
+        "-d",
+        f"{max(seconds, 1):g}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(LUA),
+        url + workload.path,
+    ]
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=seconds + 90, check=False
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("BENCH "):
+            return dict(json.loads(line[6:]))
+    raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}{done.stderr}")
+
+
+def measure(
+    pid: int, url: str, contender: str, workload: Workload, warmup: float, seconds: float
+) -> Cell:
+    cell = Cell(contender, workload.name)
+    if warmup:
+        wrk(url, workload, warmup)
+    cpu_before = cpu_snapshot(pid)
+    raw = wrk(url, workload, seconds)
+    cpu_after = cpu_snapshot(pid)
+    cell.raw = raw
+    cell.seconds = raw["duration_us"] / 1e6
+    cell.requests = raw["requests"] - raw["status"]  # answered with 2xx (or 3xx)
+    cell.rps = cell.requests / cell.seconds
+    moved = cell.requests * workload.payload if workload.payload else raw["bytes"]
+    cell.mbps = moved / cell.seconds / 1e6
+    cell.p50_ms, cell.p99_ms = raw["p50_us"] / 1000, raw["p99_us"] / 1000
+    cell.errors = sum(raw[k] for k in ("connect", "read", "write", "status", "timeout"))
+    used = [
+        100 * (after - before) / cell.seconds
+        for before, after in zip(cpu_before, cpu_after, strict=True)
+    ]
+    cell.front_cpu, cell.workers_cpu, cell.wrk_cpu = used[:3]
+    cell.others_cpu = max(used[3] - sum(used[:3]), 0.0)
+    cell.front_hwm_mib = proc_status(pid, "VmHWM")
+    cell.worker_hwm_mib = max([proc_status(kid, "VmHWM") for kid in children(pid)], default=0.0)
+    return cell
+
+
+def run_contender(contender: Contender, args: argparse.Namespace, logs: Path) -> list[Cell]:
+    workloads = [
+        w
+        for w in WORKLOADS
+        if w.name in args.workloads and (not contender.hello_only or w.path == "/hello")
+    ]
+    cells: list[Cell] = []
+    try:
+        with running(contender, args.workers, logs / f"{contender.name}.log") as (pid, url):
+            for workload in workloads:
+                print(f"  {contender.name:13} {workload.name:12}", end=" ", flush=True)
+                try:
+                    cell = measure(pid, url, contender.name, workload, args.warmup, args.duration)
+                except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError) as exc:
+                    cell = Cell(contender.name, workload.name, failed=str(exc)[:300])
+                cells.append(cell)
+                print(summary_line(cell), flush=True)
+    except RuntimeError as exc:
+        print(f"  {contender.name}: could not start: {exc}", flush=True)
+        cells += [
+            Cell(contender.name, w.name, failed=str(exc))
+            for w in workloads
+            if all(c.workload != w.name for c in cells)
+        ]
+    return cells
+
+
+def keep(best: dict[tuple[str, str], Cell], cell: Cell) -> None:
+    """Keep the better of two runs of a cell: more req/s (the peak RSS seen by either)."""
+    key = (cell.contender, cell.workload)
+    old = best.get(key)
+    if old is None or (old.failed and not cell.failed) or (not cell.failed and cell.rps > old.rps):
+        best[key] = cell
+        if old is not None and not old.failed:
+            cell.front_hwm_mib = max(cell.front_hwm_mib, old.front_hwm_mib)
+            cell.worker_hwm_mib = max(cell.worker_hwm_mib, old.worker_hwm_mib)
+    elif not cell.failed:
+        old.front_hwm_mib = max(cell.front_hwm_mib, old.front_hwm_mib)
+        old.worker_hwm_mib = max(cell.worker_hwm_mib, old.worker_hwm_mib)
+
+
+def summary_line(cell: Cell) -> str:
+    if cell.failed:
+        return f"FAILED: {cell.failed}"
+    return (
+        f"{cell.rps:9.0f} req/s {cell.mbps:8.1f} MB/s  p50 {cell.p50_ms:7.2f} ms  "
+        f"p99 {cell.p99_ms:7.2f} ms  err {cell.errors}  cpu front {cell.front_cpu:3.0f}% "
+        f"workers {cell.workers_cpu:3.0f}% wrk {cell.wrk_cpu:3.0f}% "
+        f"others {cell.others_cpu:3.0f}%"
+    )
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="1 s per cell, short warm-up")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds measured per cell")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per cell")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run every cell this many times and keep the best (noisy machines)",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn and wsgipool workers")
+    parser.add_argument("--only", default="", help="comma-separated contenders to run")
+    parser.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS))
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.* go")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 if a target of the issue is missed (not with --smoke)",
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.duration, args.warmup = 1.0, 0.5
+    args.workloads = args.workloads.split(",")
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: apt-get update && apt-get install -y wrk", file=sys.stderr)
+        return 2
+    chosen = [c for c in CONTENDERS if not args.only or c.name in args.only.split(",")]
+    from bench import report  # after the wrk check: report imports nothing heavy anyway
+
+    best: dict[tuple[str, str], Cell] = {}
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="wsgipool-bench-") as tmp:
+        for round_ in range(args.repeat):
+            if args.repeat > 1:
+                print(f"round {round_ + 1} of {args.repeat}", flush=True)
+            for contender in chosen:
+                for cell in run_contender(contender, args, Path(tmp)):
+                    keep(best, cell)
+                if any(c.failed for c in best.values() if c.contender == contender.name):
+                    log = Path(tmp) / f"{contender.name}.log"
+                    print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
+    cells = list(best.values())
+    meta = environment(args, chosen, time.monotonic() - began)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.json").write_text(
+        json.dumps({"meta": meta, "cells": [dataclasses.asdict(c) for c in cells]}, indent=1) + "\n"
+    )
+    markdown, missed = report.markdown(cells, meta)
+    (args.out / "latest.md").write_text(markdown)
+    print("\n" + markdown)
+    chart = report.chart(cells, meta, args.out / "latest.png")
+    print(
+        f"wrote {args.out / 'latest.md'}, " + (str(chart) if chart else "no chart (no matplotlib)")
+    )
+    if any(c.failed for c in cells):
+        return 1
+    return 1 if args.check and not args.smoke and missed else 0
+
+
+def environment(
+    args: argparse.Namespace, chosen: list[Contender], elapsed: float
+) -> dict[str, Any]:
+    versions = {}
+    for name in (
+        "wsgipool",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "gunicorn",
+        "asgiref",
+        "a2wsgi",
+        "msgpack",
+        "anyio",
+    ):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "-"
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "python": platform.python_version(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "versions": versions,
+        "wrk": (wrk_version.stdout or wrk_version.stderr).split("[")[0].strip(),
+        "duration": args.duration,
+        "warmup": args.warmup,
+        "workers": args.workers,
+        "repeat": args.repeat,
+        "smoke": args.smoke,
+        "elapsed": round(elapsed),
+        "contenders": {c.name: c.note.replace("WORKERS", str(args.workers)) for c in chosen},
+    }
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())
