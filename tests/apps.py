@@ -24,8 +24,6 @@ def hello(environ: Environ, start_response: Any) -> Iterable[bytes]:
     return [b"Hello, world!"]
 
 
-
-
 def pid(environ: Environ, start_response: Any) -> Iterable[bytes]:
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [str(os.getpid()).encode()]

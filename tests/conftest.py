@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -66,18 +65,3 @@ def serve() -> Iterator[Any]:
     for server in servers:
         if server.thread.is_alive():
             server.__exit__()
-
-
-def children_of(pid: int) -> set[int]:
-    """PIDs whose parent is ``pid`` (from /proc), to check that no worker is left behind."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.add(int(entry))
-    return found

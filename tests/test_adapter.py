@@ -16,7 +16,7 @@ from asgiref.wsgi import WsgiToAsgi as AsgirefWsgiToAsgi
 
 import apps
 from asgi_helpers import call_asgi, http_scope
-from test_faults import pid_alive
+from support import pid_alive
 from wsgipool import ConfigError, WsgiToAsgi
 
 pytestmark = pytest.mark.anyio
@@ -225,4 +225,3 @@ async def test_dropped_adapter_leaves_no_process() -> None:
     with anyio.fail_after(10):
         while pid_alive(pid):
             await anyio.sleep(0.01)
-

@@ -17,34 +17,13 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import children_of
+from support import children_of, free_port, wait_for
+from support import pid_alive as alive
 from wsgipool import Config
 from wsgipool._cli import Serving, main, parse
 from wsgipool._config import env_name
 
 TESTS = Path(__file__).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def title(pid: int) -> str:

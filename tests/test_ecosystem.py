@@ -18,7 +18,7 @@ import anyio
 import httpx
 import pytest
 
-from test_cli import free_port, wait_for
+from support import free_port, wait_for
 from wsgipool import WsgiToAsgi
 
 TESTS = Path(__file__).parent

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from test_cli import free_port, wait_for
+from support import free_port, wait_for
 
 ROOT = Path(__file__).parent.parent
 FLASK = "wsgipool serve --chdir examples/flask app:app --workers 2"

@@ -12,24 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import children_of
+from support import children_of, pid_alive, wait_for
 from wsgipool import WsgiToAsgi
-
-
-def wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.parametrize("how", ["sigkill", "exit", "segfault"])

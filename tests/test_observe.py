@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from asgi_helpers import call_asgi, http_scope
-from test_cli import wait_for
+from support import wait_for
 from wsgipool import ConfigError, WsgiToAsgi
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -6,7 +6,7 @@ import os
 import signal
 from typing import Any
 
-from test_faults import pid_alive, wait_for
+from support import pid_alive, wait_for
 from wsgipool import WsgiToAsgi
 
 

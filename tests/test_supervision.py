@@ -31,30 +31,14 @@ import uvicorn
 
 import wsgipool._exchange
 from asgi_helpers import call_asgi, http_scope
-from conftest import children_of
+from support import children_of, pid_alive
+from support import wait_for as eventually
 from wsgipool import AppLoadError, WsgiToAsgi
 
 APP = "apps:supervised"
 
 
 # -- helpers ------------------------------------------------------------------------
-
-
-def eventually(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
-    """Poll ``predicate`` until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not met within {timeout}s: {what or predicate}")
-        time.sleep(0.01)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def pids(app: WsgiToAsgi) -> set[int]:
