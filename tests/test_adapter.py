@@ -225,3 +225,36 @@ async def test_dropped_adapter_leaves_no_process() -> None:
     with anyio.fail_after(10):
         while pid_alive(pid):
             await anyio.sleep(0.01)
+
+
+async def test_large_single_message_body_that_the_app_ignores(make_app: Any) -> None:
+    # The whole 4 MiB body arrives in the first message and the app answers 4 MiB without
+    # reading it: neither side may wait on the other's pipe, and the app runs once.
+    app = make_app(apps.download)
+    scope = http_scope("/", "POST", query_string=b"mib=4")
+    with anyio.fail_after(30):
+        messages = await call_asgi(app, scope, [b"x" * (4 << 20)])
+    assert messages[0]["status"] == 200
+    assert sum(len(m.get("body", b"")) for m in messages[1:]) == 4 << 20
+    assert app.pool.restarts == {}
+
+
+async def test_slow_client_does_not_count_against_the_timeout(make_app: Any) -> None:
+    app = make_app(apps.download, timeout=0.5)
+    sent: list[int] = []
+
+    async def slow_send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            await anyio.sleep(0.3)  # 16 chunks: far longer than the timeout in all
+        sent.append(len(message.get("body", b"")))
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    await app.start()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(app.pool.supervise)  # the watchdog that enforces deadlines
+        await app(http_scope("/", query_string=b"mib=1"), receive, slow_send)
+        tg.cancel_scope.cancel()
+    assert sum(sent) == 1 << 20
+    assert app.pool.restarts == {}

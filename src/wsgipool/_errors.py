@@ -41,6 +41,9 @@ class WorkerError(WsgiPoolError):
 class WorkerGoneError(WorkerError):
     """The worker's pipe reached end of file."""
 
+    #: Set when a write failed before any of its bytes reached the worker.
+    nothing_sent = False
+
 
 class ProtocolError(WorkerError):
     """A frame from a worker could not be decoded or had the wrong shape."""

@@ -33,6 +33,10 @@ from ._types import Message, Receive, Send
 log = logging.getLogger("wsgipool.front")
 #: Seconds a worker gets to stop a response after its client went away.
 ABORT_GRACE = 5.0
+#: A first body chunk up to this size travels with the request (it fits an empty pipe);
+#: a larger one is written by the inbound task while the response is read, so an app
+#: that answers before reading its body cannot deadlock against the front.
+INLINE_BODY = 32 * 1024
 app_log = logging.getLogger("wsgipool.app")
 
 
@@ -79,10 +83,20 @@ class Exchange:
         return True
 
     async def _send(self, message: Message) -> None:
+        """Send to the server; the worker's deadline is paused meanwhile (a slow client
+        is not the app's fault)."""
+        worker = self.worker
+        deadline = worker.deadline if worker is not None else None
+        if worker is not None and deadline is not None:
+            worker.deadline = None
+        began = time.monotonic()
         try:
             await self.send(message)
         except OSError:  # some servers raise once the client is gone
             self.disconnected = True
+        finally:
+            if worker is not None and deadline is not None and worker.deadline is None:
+                worker.deadline = deadline + time.monotonic() - began
 
     # -- dispatch -------------------------------------------------------------------
 
@@ -97,13 +111,16 @@ class Exchange:
             await self.respond(413, "Payload Too Large", (b"connection", b"close"))
             return
         payload: list[bytes | memoryview] = [proto.request_frame(cgi)]
-        if body:
-            payload += proto.body_frames(body)
-        if not more:
-            payload.append(proto.EOF_FRAME)
+        rest = b""
+        if len(body) > INLINE_BODY:
+            rest = body  # written by the inbound task, while the relay reads the response
+        else:
+            payload += proto.body_frames(body) if body else ()
+            if not more:
+                payload.append(proto.EOF_FRAME)
         worker = await self._dispatch(payload, watch=not more)
         if worker is not None:
-            await self._serve(worker, more, len(body))
+            await self._serve(worker, more, len(body), rest)
 
     async def _dispatch(
         self, payload: list[bytes | memoryview], watch: bool
@@ -119,10 +136,14 @@ class Exchange:
             try:
                 await worker.write(*payload)
                 return worker
-            except WorkerGoneError:
+            except WorkerGoneError as exc:
                 self.pool.discard(worker, "died while idle")
-                if attempt == 2:
+                if attempt == 2 or not exc.nothing_sent:
                     await self.respond(502, "Bad Gateway")
+                    return None
+            except BaseException:
+                self.pool.release(worker, served=False)  # cancelled before the first byte
+                raise
         return None
 
     async def _client_gone(self) -> None:
@@ -145,10 +166,10 @@ class Exchange:
             await self.respond(502, "Bad Gateway")
         return None
 
-    async def _serve(self, worker: WorkerProcess, more: bool, received: int) -> None:
+    async def _serve(self, worker: WorkerProcess, more: bool, received: int, rest: bytes) -> None:
         try:
-            if more or not await self._relay(worker, once=True):
-                await self._stream(worker, more, received)
+            if more or rest or not await self._relay(worker, once=True):
+                await self._stream(worker, more, received, rest)
         except WorkerError as exc:
             if worker.timed_out and not isinstance(exc, WorkerTimeoutError):
                 exc = WorkerTimeoutError(self._late(worker))  # the watchdog killed it
@@ -160,11 +181,11 @@ class Exchange:
         else:
             self.pool.release(worker)
 
-    async def _stream(self, worker: WorkerProcess, more: bool, received: int) -> None:
+    async def _stream(self, worker: WorkerProcess, more: bool, received: int, rest: bytes) -> None:
         error: WorkerError | None = None
         lock = anyio.Lock()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._inbound, worker, lock, more, received)
+            tg.start_soon(self._inbound, worker, lock, more, received, rest)
             try:
                 await self._relay(worker, once=False)
             except WorkerError as exc:
@@ -247,15 +268,11 @@ class Exchange:
     async def _body(self, frame: proto.Frame) -> None:
         if self.disconnected or self.too_large:
             return
-        began = time.monotonic()
         if self.pending is not None:
             self.started = True
             start, self.pending = self.pending, None
             await self._send(start)
         await self._send({"type": "http.response.body", "body": frame[1], "more_body": True})
-        worker = self.worker
-        if worker is not None and worker.deadline is not None and not self.disconnected:
-            worker.deadline += time.monotonic() - began  # a slow client is not the app's fault
 
     async def _end(self) -> None:
         if self.too_large:
@@ -274,11 +291,17 @@ class Exchange:
     # -- client -> worker -----------------------------------------------------------
 
     async def _inbound(
-        self, worker: WorkerProcess, lock: anyio.Lock, more: bool, size: int
+        self, worker: WorkerProcess, lock: anyio.Lock, more: bool, size: int, rest: bytes
     ) -> None:
         """Stream the rest of the body, then wait for the client to go away."""
         limit = self.pool.config.max_body_size
         try:
+            if rest:
+                first: list[Any] = proto.body_frames(rest)
+                if not more:
+                    first.append(proto.EOF_FRAME)
+                async with lock:
+                    await worker.write(*first)
             while more:
                 message = await self.receive()
                 if message["type"] == "http.disconnect":
@@ -289,7 +312,7 @@ class Exchange:
                 if limit is not None and size > limit:
                     self.too_large = True
                     break
-                pieces: list[Any] = proto.body_frames(chunk) if chunk else []
+                pieces = proto.body_frames(chunk) if chunk else []
                 if not more:
                     pieces.append(proto.EOF_FRAME)
                 async with lock:
@@ -324,8 +347,13 @@ class Exchange:
             status, text, reason = 502, "Bad Gateway", "crashed"
         else:
             status, text, reason = 502, "Bad Gateway", "protocol error"
-        answered = await self.respond(status, text)
-        await self._kill(worker, exc)
+        answered = False
+        try:
+            answered = await self.respond(status, text)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._kill(worker, exc)
+            self.pool.discard(worker, reason)
         log.error(
             "worker %d (pid %d) %s during %s (%s); %s",
             worker.id,
@@ -335,4 +363,3 @@ class Exchange:
             describe_exit(worker.popen.poll()),
             f"answered {status}" if answered else "response cut off",
         )
-        self.pool.discard(worker, reason)

@@ -360,7 +360,12 @@ class Pool:
 
     def _offer(self, worker: WorkerProcess) -> None:
         """Give a free worker to the longest-waiting request, or park it as idle."""
-        if self._waiters and not self.closing:
+        if self.closing:
+            self._forget(worker)  # started or freed during shutdown: let it exit
+            worker.close_pipes()
+            self.exiting[worker] = time.monotonic() + KILL_GRACE
+            return
+        if self._waiters:
             waiter = self._waiters.popleft()
             waiter.worker = worker
             self._checkout(worker)
@@ -384,7 +389,9 @@ class Pool:
         self.busy.discard(worker)
         worker.requests += served
         rss_limit = self.config.max_rss
-        if worker in self.retiring:
+        if worker.timed_out:  # the watchdog is killing it: never hand it out again
+            self.discard(worker, "timeout")
+        elif worker in self.retiring:
             self.retiring.discard(worker)
             self.retire(worker, worker.retire_reason or "recycled")
         elif rss_limit and (rss_of(worker.pid) or 0) > rss_limit:

@@ -198,10 +198,14 @@ class WorkerProcess:
         not started at all is harmless; an idle worker drains its pipe, so the shielded part
         ends quickly unless the worker is stuck, which ``WRITE_STUCK`` bounds.
         """
-        written = self._write_some(pieces)
-        while written is None:
-            await self._wait_writable()  # nothing written yet: safe to cancel
+        try:
             written = self._write_some(pieces)
+            while written is None:
+                await self._wait_writable()  # nothing written yet: safe to cancel
+                written = self._write_some(pieces)
+        except WorkerGoneError as exc:
+            exc.nothing_sent = True  # the request never reached the worker
+            raise
         rest = _after(pieces, written)
         if rest:
             with anyio.CancelScope(shield=True), anyio.move_on_after(WRITE_STUCK) as scope:

@@ -24,16 +24,20 @@ async def supervise(pool: Pool) -> None:
     """Run until the pool closes; requests rely on it for their deadlines meanwhile."""
     pool.supervised = True
     try:
-        while not pool.closing:
-            pool.reap()
-            check_idle(pool)
-            check_deadlines(pool)
-            missing = pool.target - pool.size
-            if missing > 0 and time.monotonic() >= pool.backoff_until:
-                async with anyio.create_task_group() as tg:
+        # Replacements start in this group and the loop goes on meanwhile: a slow import
+        # must not hold up deadlines and reaping.
+        async with anyio.create_task_group() as spawns:
+            while not pool.closing:
+                pool.reap()
+                check_idle(pool)
+                check_deadlines(pool)
+                missing = pool.target - pool.size
+                if missing > 0 and time.monotonic() >= pool.backoff_until:
                     for _ in range(missing):
-                        tg.start_soon(pool.spawn_idle)
-            await anyio.sleep(TICK)
+                        spawns.start_soon(pool.spawn_idle)
+                    await anyio.sleep(0)  # let them count themselves in pool.starting
+                await anyio.sleep(TICK)
+            spawns.cancel_scope.cancel()
     finally:
         pool.supervised = False
 

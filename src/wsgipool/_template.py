@@ -45,7 +45,12 @@ class Template(WorkerProcess):
         return template
 
     async def fork(self, worker_id: int) -> WorkerProcess:
-        while self.forking:  # one request at a time keeps replies in order
+        """A new worker forked from the template, with its own pair of pipes.
+
+        Replies carry the worker id they answer, so a reply left over from a fork request
+        that was cancelled or timed out is skipped, never taken for this one's.
+        """
+        while self.forking:  # one request at a time
             await anyio.sleep(0.005)
         self.forking = True
         to_child_r, to_child_w = pipe()
@@ -53,25 +58,30 @@ class Template(WorkerProcess):
         try:
             socket.send_fds(self.sock, [struct.pack(">I", worker_id)], [to_child_r, from_child_w])
             with anyio.fail_after(30):
-                await anyio.wait_readable(self.sock)
-            reply = self.sock.recv(16)
-        except (OSError, TimeoutError) as exc:
-            os.close(to_child_w)
+                pid = await self._reply_for(worker_id)
+        except BaseException as exc:
+            os.close(to_child_w)  # the orphaned child, if any, sees EOF and exits
             os.close(from_child_r)
-            raise WorkerGoneError(f"the preload template did not fork: {exc}") from exc
+            if isinstance(exc, (OSError, TimeoutError)):
+                raise WorkerGoneError(f"the preload template did not fork: {exc}") from exc
+            raise
         finally:
             self.forking = False
             os.close(to_child_r)
             os.close(from_child_w)
-        if len(reply) != 4:
-            os.close(to_child_w)
-            os.close(from_child_r)
-            raise WorkerGoneError("the preload template closed its socket")
-        worker = WorkerProcess(
-            worker_id, ForkedChild(struct.unpack(">I", reply)[0]), from_child_r, to_child_w
-        )
+        worker = WorkerProcess(worker_id, ForkedChild(pid), from_child_r, to_child_w)
         worker.template = self
         return worker
+
+    async def _reply_for(self, worker_id: int) -> int:
+        while True:
+            await anyio.wait_readable(self.sock)
+            reply = self.sock.recv(16)
+            if len(reply) != 8:
+                raise OSError("the preload template closed its socket")
+            answered, pid = struct.unpack(">II", reply)
+            if answered == worker_id:
+                return int(pid)
 
     def close_pipes(self) -> None:
         super().close_pipes()

@@ -15,6 +15,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import traceback
 from collections import deque
 from collections.abc import Iterable
@@ -65,6 +66,9 @@ class Channel:
         self.out: list[bytes | memoryview] = []
         self.out_size = 0
         self.aborted = False
+        # App threads may write to wsgi.errors while the main thread streams the response:
+        # whole frames only, so queueing and flushing take turns.
+        self.lock = threading.RLock()
 
     def _read(self) -> None:
         try:
@@ -99,15 +103,26 @@ class Channel:
         return self.aborted
 
     def queue(self, piece: bytes | memoryview) -> None:
-        self.out.append(piece)
-        self.out_size += len(piece)
-
-    def queue_pieces(self, pieces: list[bytes | memoryview]) -> None:
-        for piece in pieces:
+        with self.lock:
             self.out.append(piece)
             self.out_size += len(piece)
 
+    def queue_pieces(self, pieces: list[bytes | memoryview]) -> None:
+        with self.lock:
+            for piece in pieces:
+                self.out.append(piece)
+                self.out_size += len(piece)
+
+    def discard_queued(self) -> None:
+        with self.lock:
+            self.out.clear()
+            self.out_size = 0
+
     def flush(self) -> None:
+        with self.lock:
+            self._write_out()
+
+    def _write_out(self) -> None:
         pieces, self.out, self.out_size = self.out, [], 0
         if len(pieces) < 512:  # the common case: one call writes it all
             written = os.writev(self.wfd, pieces)
@@ -125,8 +140,9 @@ class Channel:
                 pieces[0] = memoryview(pieces[0])[written:]
 
     def send(self, frame: bytes) -> None:
-        self.queue(frame)
-        self.flush()
+        with self.lock:
+            self.queue(frame)
+            self._write_out()
 
 
 class Worker:
@@ -183,8 +199,7 @@ class Worker:
 
     def fail(self, environ: dict[str, Any], tb: str) -> None:
         request = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
-        self.channel.out.clear()
-        self.channel.out_size = 0
+        self.channel.discard_queued()
         self.channel.send(pack(ERROR, f"Exception in WSGI app for {request}\n{tb}"))
 
     def queue_start(self) -> None:
@@ -316,7 +331,7 @@ def run_template(channel: Channel, app: Any, options: dict[str, Any]) -> None:
                 os._exit(code)
         for fd in fds:
             os.close(fd)
-        sock.send(struct.pack(">I", pid))
+        sock.send(struct.pack(">II", worker_id, pid))
 
 
 def _reap_children(signum: int, frame: object) -> None:
