@@ -26,8 +26,9 @@ from ._errors import (
     WorkerGoneError,
     WorkerTimeoutError,
 )
-from ._pool import KILL_GRACE, Pool, Watch
+from ._pool import KILL_GRACE, Pool
 from ._process import WorkerProcess, describe_exit
+from ._queue import Watch
 from ._types import Message, Receive, Send
 
 log = logging.getLogger("wsgipool.front")

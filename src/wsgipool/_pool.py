@@ -10,7 +10,6 @@ processes are reaped by polling, never in signal handlers.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import random
@@ -18,8 +17,6 @@ import signal
 import sys
 import time
 import weakref
-from collections import deque
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -34,6 +31,7 @@ from ._errors import (
 )
 from ._loader import AppSpec
 from ._process import WorkerProcess, describe_exit, resolve_identity
+from ._queue import WaitQueue, Watch
 from ._template import Template
 
 log = logging.getLogger("wsgipool.pool")
@@ -44,46 +42,6 @@ KILL_GRACE = 2.0
 RETIRE_GRACE = 10.0
 MAX_BACKOFF = 30.0
 _START_ERRORS = (AppLoadError, WorkerError, OSError, TimeoutError)
-
-
-#: What a queued request runs while it waits; when it returns, the request leaves the queue.
-Watch = Callable[[], Awaitable[None]]
-
-
-class _Waiter:
-    """A request queued for a worker; ``worker`` is None when woken only to retry.
-
-    The waiting task sits in ``scope`` (running its watch, e.g. for a client disconnect);
-    the pool wakes it by cancelling that scope, so queueing costs no extra task.
-    """
-
-    __slots__ = ("error", "scope", "woken", "worker")
-
-    def __init__(self) -> None:
-        self.scope: anyio.CancelScope | None = None
-        self.worker: WorkerProcess | None = None
-        self.error: Exception | None = None  # start-up failed and no worker is left
-        self.woken = False
-
-    def wake(self) -> None:
-        self.woken = True
-        if self.scope is not None:
-            _soon(self.scope.cancel)
-
-
-def _soon(callback: Callable[[], object]) -> None:
-    """Run ``callback`` from the event loop rather than from the current task.
-
-    anyio's asyncio backend formats the calling task's repr into the reason of every
-    cancellation it is asked for from inside a task, which costs more than the rest of
-    a hand-off; from a plain loop callback there is no task to describe.
-    """
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        callback()  # trio: cancelling is cheap
-    else:
-        loop.call_soon(callback)
 
 
 def _kill_all(workers: set[WorkerProcess]) -> None:
@@ -128,7 +86,7 @@ class Pool:
         self.template: Template | None = None
         self.old_templates: list[Template] = []
         self._template_starting = False
-        self._waiters: deque[_Waiter] = deque()
+        self.waiters = WaitQueue()
         self._all: set[WorkerProcess] = set()
         self._free_ids: list[int] = []
         self._next_id = 1
@@ -143,7 +101,7 @@ class Pool:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        return len(self.waiters)
 
     def _hello(self, worker_id: int) -> dict[str, Any]:
         hello: dict[str, Any] = {
@@ -238,12 +196,8 @@ class Pool:
 
     def _fail_waiters(self, exc: Exception) -> None:
         """With no worker left to wait for, queued requests get the start-up error now."""
-        if self.idle or self.busy or self.starting:
-            return
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            waiter.error = exc
-            waiter.wake()
+        if not (self.idle or self.busy or self.starting):
+            self.waiters.wake_all(exc)
 
     def _note_failure(self, exc: BaseException) -> None:
         self.failures += 1
@@ -323,40 +277,25 @@ class Pool:
 
     async def _queue(self, watch: Watch | None) -> tuple[WorkerProcess | None, bool]:
         """Wait for a worker: (worker or None to retry, whether the request left)."""
-        if len(self._waiters) >= self.config.backlog:
-            raise OverloadedError(f"{len(self._waiters)} requests already waiting")
-        waiter = _Waiter()
-        self._waiters.append(waiter)
+        if len(self.waiters) >= self.config.backlog:
+            raise OverloadedError(f"{len(self.waiters)} requests already waiting")
         delay = self.config.queue_timeout
         owed = self.size < self.target
         if owed:  # capacity is owed but backing off: retry when the back-off ends
             delay = min(delay or MAX_BACKOFF, max(self.backoff_until - time.monotonic(), 0.01))
-        left = False
-        try:
-            with anyio.CancelScope() as waiter.scope:
-                if delay is not None:
-                    waiter.scope.deadline = anyio.current_time() + delay
-                if watch is None:
-                    await anyio.sleep_forever()
-                else:
-                    await watch()
-                    left = True
-        except BaseException:
-            if waiter.worker is not None:  # handed a worker just as we were cancelled
-                self.release(waiter.worker, served=False)
-            raise
-        finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-        if left:
+        waiter = await self.waiters.wait(delay, watch, self._give_back)
+        if waiter.left:
             if waiter.worker is not None:
-                self.release(waiter.worker, served=False)
+                self._give_back(waiter.worker)
             return None, True
         if waiter.error is not None:
             raise waiter.error
         if not waiter.woken and not owed:
             raise OverloadedError("no worker became free within queue_timeout")
         return waiter.worker, False
+
+    def _give_back(self, worker: WorkerProcess) -> None:
+        self.release(worker, served=False)
 
     def _offer(self, worker: WorkerProcess) -> None:
         """Give a free worker to the longest-waiting request, or park it as idle."""
@@ -365,19 +304,14 @@ class Pool:
             worker.close_pipes()
             self.exiting[worker] = time.monotonic() + KILL_GRACE
             return
-        if self._waiters:
-            waiter = self._waiters.popleft()
-            waiter.worker = worker
-            self._checkout(worker)
-            waiter.wake()
+        if self.waiters.hand(worker, self._checkout):
             return
         worker.idle_since = time.monotonic()
         self.idle.append(worker)
 
     def _wake_one(self) -> None:
         """Capacity was lost: let the first waiter retry (it may start a worker itself)."""
-        if self._waiters:
-            self._waiters.popleft().wake()
+        self.waiters.wake_one()
 
     # -- after a request ------------------------------------------------------------
 
@@ -488,8 +422,7 @@ class Pool:
     async def aclose(self) -> None:
         """Stop taking requests, let busy workers finish (graceful_timeout), stop all."""
         self.closing = True
-        while self._waiters:
-            self._waiters.popleft().wake()
+        self.waiters.wake_all()
         with anyio.move_on_after(self.config.graceful_timeout):
             while self.busy or self.starting:
                 await anyio.sleep(0.01)
