@@ -258,3 +258,30 @@ async def test_slow_client_does_not_count_against_the_timeout(make_app: Any) -> 
         tg.cancel_scope.cancel()
     assert sum(sent) == 1 << 20
     assert app.pool.restarts == {}
+
+
+async def test_client_leaving_before_the_first_frame_is_noticed(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import wsgipool._exchange
+
+    monkeypatch.setattr(wsgipool._exchange, "ABORT_GRACE", 0.5)
+    app = make_app(apps.fail, timeout=None)  # no request deadline: only the disconnect ends it
+    sent: list[dict[str, Any]] = []
+    calls = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await anyio.sleep(0.3)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = http_scope("/", query_string=b"how=sleep&s=60")  # blocks before start_response
+    with anyio.fail_after(20):
+        await app(scope, receive, send)
+    assert app.pool.restarts == {"stuck after disconnect": 1}

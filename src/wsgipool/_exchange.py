@@ -34,6 +34,9 @@ from ._types import Message, Receive, Send
 log = logging.getLogger("wsgipool.front")
 #: Seconds a worker gets to stop a response after its client went away.
 ABORT_GRACE = 5.0
+#: How long the task-free fast path waits for the app's first frame; a slower app is
+#: relayed by the slow path, which also notices a client that leaves meanwhile.
+PATIENCE = 0.05
 #: A first body chunk up to this size travels with the request (it fits an empty pipe);
 #: a larger one is written by the inbound task while the response is read, so an app
 #: that answers before reading its body cannot deadlock against the front.
@@ -198,16 +201,21 @@ class Exchange:
 
     # -- worker -> client -----------------------------------------------------------
 
-    async def _read(self, worker: WorkerProcess) -> list[proto.Frame]:
-        """The next frames. Deadlines: the supervisor's watchdog kills a late worker; a pool
-        without one (no lifespan) bounds each read itself."""
-        if worker.deadline is None or self.pool.supervised:
-            return await worker.read()
-        with anyio.CancelScope() as scope:
-            scope.deadline = anyio.current_time() + worker.deadline - time.monotonic()
+    async def _read(
+        self, worker: WorkerProcess, patience: float | None = None
+    ) -> list[proto.Frame] | None:
+        """The next frames (None if ``patience`` ran out first). Deadlines: the supervisor's
+        watchdog kills a late worker; a pool without one bounds each read itself."""
+        if self.pool.supervised:
+            return await (worker.read() if patience is None else worker.read_within(patience))
+        with anyio.CancelScope() as scope:  # a client that leaves sets a deadline here too
+            if worker.deadline is not None:
+                scope.deadline = anyio.current_time() + worker.deadline - time.monotonic()
             self._reading = scope
             try:
-                return await worker.read()
+                if patience is None:
+                    return await worker.read()
+                return await worker.read_within(patience)
             finally:
                 self._reading = None
         worker.timed_out = True
@@ -229,9 +237,13 @@ class Exchange:
             self._reading.deadline = min(self._reading.deadline, anyio.current_time() + ABORT_GRACE)
 
     async def _relay(self, worker: WorkerProcess, once: bool) -> bool:
-        """Pass frames on until END; with ``once``, stop after one read. True when done."""
+        """Pass frames on until END; True when done. With ``once``, stop after one read,
+        and give up (False) if the app is slow to answer: the slow path then also watches
+        for the client leaving."""
         while True:
-            frames = await self._read(worker)
+            frames = await self._read(worker, PATIENCE if once else None)
+            if frames is None:
+                return False
             for frame in frames:
                 kind = frame[0]
                 if kind == proto.BODY:

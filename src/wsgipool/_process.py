@@ -188,7 +188,13 @@ class WorkerProcess:
 
     async def read(self) -> list[proto.Frame]:
         """At least one whole frame; WorkerGoneError at end of file."""
-        return await self.reader.read()
+        frames = await self.reader.read()
+        assert frames is not None
+        return frames
+
+    async def read_within(self, patience: float) -> list[proto.Frame] | None:
+        """Like :meth:`read`, but None if no frame came within ``patience`` seconds."""
+        return await self.reader.read(patience)
 
     async def write(self, *pieces: bytes | bytearray | memoryview) -> None:
         """Write whole frames given as pieces (gathered, never joined): cancellable until

@@ -17,6 +17,13 @@ import anyio
 from ._errors import WorkerError, WorkerGoneError
 from ._protocol import Frame, FrameReader
 
+_EXPIRED = object()
+
+
+def _expire(waiter: asyncio.Future[object]) -> None:
+    if not waiter.done():
+        waiter.set_result(_EXPIRED)
+
 
 class PipeReader:
     """Frames from one worker's pipe; one consumer at a time."""
@@ -31,19 +38,27 @@ class PipeReader:
         self._error: WorkerError | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._paused = True
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[object] | None = None
 
     @property
     def broken(self) -> bool:
         """The pipe reached its end or failed (seen on asyncio even while idle)."""
         return self._error is not None and not self._frames
 
-    async def read(self) -> list[Frame]:
-        """At least one whole frame; WorkerGoneError at end of file."""
+    async def read(self, patience: float | None = None) -> list[Frame] | None:
+        """At least one whole frame; WorkerGoneError at end of file.
+
+        With ``patience``, None when no frame came within that many seconds (a timer
+        callback on asyncio, far cheaper than a cancel scope).
+        """
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return await self._read_portable()
+            if patience is None:
+                return await self._read_portable()
+            with anyio.move_on_after(patience):
+                return await self._read_portable()
+            return None
         if loop is not self._loop:
             self._attach(loop)
         while not self._frames:
@@ -51,11 +66,16 @@ class PipeReader:
                 raise self._error
             if self._paused:
                 self._resume()
-            self._waiter = loop.create_future()
+            self._waiter = waiter = loop.create_future()
+            timer = None if patience is None else loop.call_later(patience, _expire, waiter)
             try:
-                await self._waiter
+                await waiter
             finally:
                 self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+            if waiter.result() is _EXPIRED and not self._frames and self._error is None:
+                return None
         frames, self._frames = self._frames, []
         return frames
 
