@@ -31,6 +31,10 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from support import children_of, free_port  # tests/ is put on the path above
+from support import pid_alive as alive
+
 KINDS = (("plain", 0.86), ("slow", 0.06), ("stream", 0.05), ("crash", 0.03))
 EXPECTED_STATUS = ("200", "502", "503", "504")
 PATHS = {"plain": "/", "slow": "/?s=0.2", "stream": "/?stream=10", "crash": "/?crash=1"}
@@ -104,22 +108,6 @@ def serve(port: int, workers: int) -> None:
 
 
 # -- driver ---------------------------------------------------------------------------
-
-
-def children_of(pid: int) -> set[int]:
-    """Live (non-zombie) children of ``pid``, from /proc."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.add(int(entry))
-    return found
 
 
 class Outcome:
@@ -286,14 +274,6 @@ class Soak:
         return summary, not failed
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_until(predicate: Any, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -384,14 +364,6 @@ def pool_view(port: int) -> str:
             return str(response.read().decode())
     except OSError as exc:
         return f"unavailable ({exc})"
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:
