@@ -41,6 +41,7 @@ from ._protocol import (
     pack,
     start_frame,
 )
+from ._titles import set_title
 from ._wsgi import (
     ClientDisconnected,
     ErrorStream,
@@ -255,14 +256,6 @@ def _die_with_parent(front_pid: int) -> None:
         os._exit(1)
 
 
-def _set_title(title: str) -> None:
-    try:
-        import setproctitle
-    except ImportError:
-        return
-    setproctitle.setproctitle(title)
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     _die_with_parent(int(argv[0]))
@@ -287,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
             level=options.get("log_level", "INFO"),
             format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
         )
-    _set_title(f"wsgipool: worker {options['worker_id']} [{label(options['app'])}]")
+    set_title(f"wsgipool: worker {options['worker_id']} [{label(options['app'])}]")
     os.environ["WSGIPOOL_WORKER_LOADING"] = "1"
     try:
         app = load(options["app"])
@@ -305,7 +298,7 @@ def run_template(channel: Channel, app: Any, options: dict[str, Any]) -> None:
     """Preload mode: the app is imported; fork a worker for each request of the front."""
     sock = socket.socket(fileno=options["fork_fd"])
     signal.signal(signal.SIGCHLD, _reap_children)
-    _set_title(f"wsgipool: template [{label(options['app'])}]")
+    set_title(f"wsgipool: template [{label(options['app'])}]")
     channel.send(pack(READY, os.getpid()))
     while True:
         message, fds, _, _ = socket.recv_fds(sock, 16, 2)
@@ -346,7 +339,7 @@ def _serve_forked(app: Any, rfd: int, wfd: int, worker_id: int, options: dict[st
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.setsid()  # its own process group, as a spawned worker has
     _die_with_parent(os.getppid())
-    _set_title(f"wsgipool: worker {worker_id} [{label(options['app'])}]")
+    set_title(f"wsgipool: worker {worker_id} [{label(options['app'])}]")
     channel = Channel(rfd, wfd)
     channel.send(pack(READY, os.getpid()))
     Worker(channel, app).serve_forever()

@@ -183,12 +183,6 @@ class InputStream(io.RawIOBase):
         while line := self.readline():
             yield line
 
-    def drain(self) -> None:
-        """Discard what the app did not read, so the next request starts clean."""
-        self._chunk, self._pos = b"", 0
-        while self._next():
-            pass
-
 
 class ErrorStream(io.TextIOBase):
     """``wsgi.errors``: whole lines go to ``emit`` (the front's logging)."""
