@@ -495,6 +495,7 @@ def test_full_backlog_is_503_at_once_without_touching_a_worker(serve: Any) -> No
         assert response.headers["retry-after"] == "1"
         assert busy.result().status_code == 200
         assert queued.result().status_code == 200
+        eventually(lambda: app.pool.idle, what="worker idle again")
         (worker,) = app.pool.idle
         assert worker.requests == 2  # the refused request never reached it
     assert app.pool.restarts == {}
@@ -512,6 +513,8 @@ def test_queue_timeout_is_503_with_retry_after(serve: Any) -> None:
         assert response.headers["retry-after"] == "1"
         assert app.pool.waiting == 0
         assert busy.result().status_code == 200
+        # The client has the last byte a moment before the front puts the worker back.
+        eventually(lambda: app.pool.idle, what="worker idle again")
         assert app.pool.idle[0].requests == 1
     assert app.pool.restarts == {}
 
@@ -530,6 +533,7 @@ def test_client_leaving_the_queue_is_forgotten(serve: Any, tmp_path: Path) -> No
         assert busy.result().status_code == 200
         assert client.get("/").status_code == 200
         assert not marker.exists()
+        eventually(lambda: app.pool.idle, what="worker idle again")
         assert app.pool.idle[0].requests == 2
     assert app.pool.restarts == {}
 
