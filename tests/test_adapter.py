@@ -184,8 +184,8 @@ async def test_lifespan_starts_and_stops_workers(make_app: Any) -> None:
         with anyio.fail_after(30):
             while "lifespan.startup.complete" not in events:
                 await anyio.sleep(0.01)
-        assert len(app.pool.idle) == 2
-        pids = {w.pid for w in app.pool.idle}
+        assert len(app.stats().idle) == 2
+        pids = {w.pid for w in app.stats().idle}
         shutdown.set()
     assert events == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     for pid in pids:
@@ -236,7 +236,7 @@ async def test_large_single_message_body_that_the_app_ignores(make_app: Any) -> 
         messages = await call_asgi(app, scope, [b"x" * (4 << 20)])
     assert messages[0]["status"] == 200
     assert sum(len(m.get("body", b"")) for m in messages[1:]) == 4 << 20
-    assert app.pool.restarts == {}
+    assert app.stats().restarts == {}
 
 
 async def test_slow_client_does_not_count_against_the_timeout(make_app: Any) -> None:
@@ -252,21 +252,16 @@ async def test_slow_client_does_not_count_against_the_timeout(make_app: Any) -> 
         return {"type": "http.request", "body": b"", "more_body": False}
 
     await app.start()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(app.pool.supervise)  # the watchdog that enforces deadlines
-        await app(http_scope("/", query_string=b"mib=1"), receive, slow_send)
-        tg.cancel_scope.cancel()
+    await app(http_scope("/", query_string=b"mib=1"), receive, slow_send)
     assert sum(sent) == 1 << 20
-    assert app.pool.restarts == {}
+    assert app.stats().restarts == {}
 
 
 async def test_client_leaving_before_the_first_frame_is_noticed(
-    make_app: Any, monkeypatch: pytest.MonkeyPatch
+    make_app: Any,
 ) -> None:
-    import wsgipool._exchange
-
-    monkeypatch.setattr(wsgipool._exchange, "ABORT_GRACE", 0.5)
-    app = make_app(apps.fail, timeout=None)  # no request deadline: only the disconnect ends it
+    # No request deadline: only the disconnect (and its grace) ends it.
+    app = make_app(apps.fail, timeout=None, abort_grace=0.5)  # no request deadline: only the disconnect ends it
     sent: list[dict[str, Any]] = []
     calls = 0
 
@@ -284,4 +279,4 @@ async def test_client_leaving_before_the_first_frame_is_noticed(
     scope = http_scope("/", query_string=b"how=sleep&s=60")  # blocks before start_response
     with anyio.fail_after(20):
         await app(scope, receive, send)
-    assert app.pool.restarts == {"stuck after disconnect": 1}
+    assert app.stats().restarts == {"stuck after disconnect": 1}

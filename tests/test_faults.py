@@ -20,14 +20,14 @@ from wsgipool import WsgiToAsgi
 def test_worker_death_before_headers_is_502_and_replaced(serve: Any, how: str) -> None:
     app = WsgiToAsgi("apps:fail", workers=2)
     with serve(app) as server, server.client() as client:
-        before = {w.pid for w in app.pool.idle}
+        before = {w.pid for w in app.stats().idle}
         response = client.get("/", params={"how": how})
         assert response.status_code == 502
-        wait_for(lambda: len(app.pool.idle) == 2)
-        after = {w.pid for w in app.pool.idle}
+        wait_for(lambda: len(app.stats().idle) == 2)
+        after = {w.pid for w in app.stats().idle}
         assert len(before & after) == 1  # one replaced, the other untouched
         assert client.get("/", params={"how": "raise"}).status_code == 500
-    assert app.pool.restarts == {"crashed": 1}
+    assert app.stats().restarts == {"crashed": 1}
 
 
 def test_worker_death_midway_cuts_response_off(serve: Any) -> None:
@@ -82,32 +82,32 @@ def test_other_requests_untouched_while_workers_crash(serve: Any) -> None:
 def test_malformed_frames_kill_the_worker(serve: Any, how: str) -> None:
     app = WsgiToAsgi("apps:corrupt", workers=1)
     with serve(app) as server, server.client() as client:
-        pid = app.pool.idle[0].pid
+        pid = app.stats().idle[0].pid
         assert client.get("/", params={"how": how}).status_code == 502
         wait_for(lambda: not pid_alive(pid))
-    assert app.pool.restarts == {"protocol error": 1}
+    assert app.stats().restarts == {"protocol error": 1}
 
 
 def test_timeout_is_504_and_kills_the_process_group(serve: Any, tmp_path: Path) -> None:
     pidfile = tmp_path / "grandchild"
     app = WsgiToAsgi("apps:spawner", workers=1, timeout=1)
     with serve(app) as server, server.client() as client:
-        worker_pid = app.pool.idle[0].pid
+        worker_pid = app.stats().idle[0].pid
         started = time.monotonic()
         response = client.get("/", params={"pidfile": str(pidfile)})
         assert response.status_code == 504
         assert time.monotonic() - started < 10
         grandchild = int(pidfile.read_text())
         wait_for(lambda: not pid_alive(worker_pid) and not pid_alive(grandchild))
-        wait_for(lambda: len(app.pool.idle) == 1)
-    assert app.pool.restarts == {"timeout": 1}
+        wait_for(lambda: len(app.stats().idle) == 1)
+    assert app.stats().restarts == {"timeout": 1}
 
 
 def test_no_workers_left_after_shutdown(serve: Any) -> None:
     app = WsgiToAsgi("apps:hello", workers=3)
     with serve(app) as server, server.client() as client:
         assert client.get("/").status_code == 200
-        pids = {w.pid for w in app.pool.idle} | {w.pid for w in app.pool.busy}
+        pids = {w.pid for w in app.stats().idle} | {w.pid for w in app.stats().busy}
         assert len(pids) == 3
     for pid in pids:
         assert not pid_alive(pid)
@@ -126,7 +126,7 @@ def test_front_sigkill_leaves_no_orphans(tmp_path: Path) -> None:
         "async def main():\n"
         "    app = WsgiToAsgi('apps:pid', workers=2)\n"
         "    await app.start()\n"
-        "    print(' '.join(str(w.pid) for w in app.pool.idle), flush=True)\n"
+        "    print(' '.join(str(w.pid) for w in app.stats().idle), flush=True)\n"
         "    await anyio.sleep(60)\n"
         "if __name__ == '__main__':\n"
         "    anyio.run(main)\n"

@@ -160,7 +160,7 @@ def test_disconnect_stops_endless_response_and_calls_close(serve: Any, tmp_path:
             client.stream("GET", "/", params={"marker": str(tmp_path / "2")}) as response,
         ):
             assert next(response.iter_raw()).startswith(b"tick")
-        assert app.pool.restarts == {}
+        assert app.stats().restarts == {}
 
 
 def test_app_errors_become_500_and_worker_keeps_serving(serve: Any, caplog: Any) -> None:
@@ -171,11 +171,11 @@ def test_app_errors_become_500_and_worker_keeps_serving(serve: Any, caplog: Any)
             response = client.get("/", params={"how": how})
             assert response.status_code == 500, how
             assert response.text == "Internal Server Error"
-        pids = {w.pid for w in app.pool.idle}
+        pids = {w.pid for w in app.stats().idle}
         assert len(pids) == 1
     assert "boom before headers" in caplog.text
     assert "GET /" in caplog.text
-    assert app.pool.restarts == {}
+    assert app.stats().restarts == {}
 
 
 def test_error_midway_cuts_the_response_off(serve: Any) -> None:

@@ -29,7 +29,7 @@ import httpx
 import pytest
 import uvicorn
 
-import wsgipool._exchange
+from wsgipool._supervisor import supervise
 from asgi_helpers import call_asgi, http_scope
 from support import children_of, pid_alive
 from support import wait_for as eventually
@@ -43,11 +43,11 @@ APP = "apps:supervised"
 
 def pids(app: WsgiToAsgi) -> set[int]:
     """Pids of the workers in service (idle or busy)."""
-    return {w.pid for w in list(app.pool.idle)} | {w.pid for w in list(app.pool.busy)}
+    return {w.pid for w in list(app.stats().idle)} | {w.pid for w in list(app.stats().busy)}
 
 
 def idle_pids(app: WsgiToAsgi) -> set[int]:
-    return {w.pid for w in list(app.pool.idle)}
+    return {w.pid for w in list(app.stats().idle)}
 
 
 def write_module(directory: Path, name: str, source: str) -> str:
@@ -216,10 +216,10 @@ def test_timeout_cuts_off_a_started_response_and_spares_other_workers(serve: Any
         assert other.status_code == 200
         assert int(other.text) != hung
         eventually(lambda: not pid_alive(hung), what="hung worker killed")
-        eventually(lambda: len(app.pool.idle) == 2, what="replacement ready")
+        eventually(lambda: len(app.stats().idle) == 2, what="replacement ready")
         assert hung not in pids(app)
         assert int(other.text) in pids(app)  # the other worker was left alone
-    assert app.pool.restarts == {"timeout": 1}
+    assert app.stats().restarts == {"timeout": 1}
 
 
 # -- recycling ------------------------------------------------------------------------
@@ -237,7 +237,7 @@ def test_max_requests_recycles_with_jitter_and_no_failed_request(serve: Any) -> 
         for pid in retired:
             assert 3 <= served[pid] <= 5, served
         eventually(lambda: not any(pid_alive(pid) for pid in retired), what="retired exit")
-    assert app.pool.restarts == {"max_requests": len(retired)}
+    assert app.stats().restarts == {"max_requests": len(retired)}
 
 
 def test_replacement_starts_while_the_last_request_runs(serve: Any) -> None:
@@ -245,7 +245,7 @@ def test_replacement_starts_while_the_last_request_runs(serve: Any) -> None:
     with serve(app) as server, server.client() as client:
         first = int(client.get("/").text)
         last = Background(lambda: get(server.url, s=1))
-        eventually(lambda: app.pool.busy, what="last request running")
+        eventually(lambda: app.stats().busy, what="last request running")
         # A replacement is up and idle while the old worker still serves its last request.
         eventually(lambda: idle_pids(app) - {first}, what="replacement ready")
         assert not last.done()
@@ -253,7 +253,7 @@ def test_replacement_starts_while_the_last_request_runs(serve: Any) -> None:
         assert (response.status_code, int(response.text)) == (200, first)
         assert int(client.get("/").text) != first
         eventually(lambda: not pid_alive(first))
-    assert app.pool.restarts == {"max_requests": 1}
+    assert app.stats().restarts == {"max_requests": 1}
 
 
 def test_max_lifetime_retires_busy_and_idle_workers(serve: Any) -> None:
@@ -271,8 +271,8 @@ def test_max_lifetime_retires_busy_and_idle_workers(serve: Any) -> None:
         current = pids(app)
         eventually(lambda: idle_pids(app) and not idle_pids(app) & current, what="idle retire")
         assert client.get("/").status_code == 200
-    assert set(app.pool.restarts) == {"max_lifetime"}
-    assert app.pool.restarts["max_lifetime"] >= 3
+    assert set(app.stats().restarts) == {"max_lifetime"}
+    assert app.stats().restarts["max_lifetime"] >= 3
 
 
 def test_max_rss_retires_a_worker_that_grew(serve: Any) -> None:
@@ -284,7 +284,7 @@ def test_max_rss_retires_a_worker_that_grew(serve: Any) -> None:
         assert (response.status_code, int(response.text)) == (200, first)
         eventually(lambda: not pid_alive(first), what="grown worker exits")
         assert int(client.get("/").text) != first
-    assert app.pool.restarts == {"max_rss": 1}
+    assert app.stats().restarts == {"max_rss": 1}
 
 
 # -- respawn and back-off -------------------------------------------------------------
@@ -300,7 +300,7 @@ def test_dead_worker_is_replaced_at_once(serve: Any) -> None:
         assert time.monotonic() - started < 3
         assert survivor in idle_pids(app)
         assert client.get("/").status_code == 200
-    assert app.pool.restarts == {"died": 1}
+    assert app.stats().restarts == {"died": 1}
 
 
 def test_import_error_fails_startup_with_the_apps_own_error(module_dir: Path) -> None:
@@ -357,11 +357,11 @@ async def test_crash_loop_backs_off_exponentially_without_lifespan(module_dir: P
     tries = imports(counter)
     assert set(statuses) == {500}
     assert 3 <= len(tries) <= 8, f"{len(tries)} workers started in 2 s"
-    assert app.pool.failures == len(tries)
-    assert "flaky app refuses to load" in (app.pool.last_error or "")
+    assert app.stats().failures == len(tries)
+    assert "flaky app refuses to load" in (app.stats().last_error or "")
     gaps = [b - a for a, b in itertools.pairwise(tries)]
     assert gaps[-1] > 2 * gaps[0], gaps  # the delay doubles after each failure
-    assert app.pool.backoff_until > tries[-1]
+    assert app.stats().backoff_until > tries[-1]
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
@@ -440,19 +440,19 @@ def test_supervisor_backs_off_then_recovers(serve: Any, module_dir: Path) -> Non
         flag.touch()
         os.kill(first, signal.SIGKILL)
         killed = time.monotonic()
-        eventually(lambda: app.pool.failures >= 4, what="four failed restarts")
+        eventually(lambda: app.stats().failures >= 4, what="four failed restarts")
         elapsed = time.monotonic() - killed
         tries = imports(counter)[1:]  # the first import was the healthy start
-        assert len(tries) <= app.pool.failures + 1
+        assert len(tries) <= app.stats().failures + 1
         assert elapsed >= 0.1 + 0.2 + 0.4  # the first three back-off delays
-        assert app.pool.backoff_until > time.monotonic() - 0.5
+        assert app.stats().backoff_until > time.monotonic() - 0.5
         flag.unlink()
-        eventually(lambda: len(app.pool.idle) == 1, timeout=15, what="recovery")
-        assert app.pool.failures == 0
+        eventually(lambda: len(app.stats().idle) == 1, timeout=15, what="recovery")
+        assert app.stats().failures == 0
         response = client.get("/")
         assert response.status_code == 200
         assert int(response.text) != first
-    assert app.pool.restarts == {"died": 1}
+    assert app.stats().restarts == {"died": 1}
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
@@ -466,10 +466,10 @@ async def test_supervisor_and_a_request_together_start_no_more_than_max_workers(
     try:
         with anyio.fail_after(15):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(app.pool.supervise)
+                tg.start_soon(supervise, app.pool)
                 await anyio.sleep(0)  # the supervisor's first look at the pool
                 assert (await call_asgi(app))[0]["status"] == 200
-                while app.pool.starting:
+                while app.stats().starting:
                     await anyio.sleep(0.01)
                 started = children_of(front) - before
                 tg.cancel_scope.cancel()
@@ -485,9 +485,9 @@ def test_full_backlog_is_503_at_once_without_touching_a_worker(serve: Any) -> No
     app = WsgiToAsgi(APP, workers=1, backlog=1)
     with serve(app) as server, server.client() as client:
         busy = Background(lambda: get(server.url, s=1.5))
-        eventually(lambda: app.pool.busy, what="worker busy")
+        eventually(lambda: app.stats().busy, what="worker busy")
         queued = Background(lambda: get(server.url))
-        eventually(lambda: app.pool.waiting == 1, what="one request queued")
+        eventually(lambda: app.stats().waiting == 1, what="one request queued")
         started = time.monotonic()
         response = client.get("/")
         assert time.monotonic() - started < 0.5
@@ -495,28 +495,28 @@ def test_full_backlog_is_503_at_once_without_touching_a_worker(serve: Any) -> No
         assert response.headers["retry-after"] == "1"
         assert busy.result().status_code == 200
         assert queued.result().status_code == 200
-        eventually(lambda: app.pool.idle, what="worker idle again")
-        (worker,) = app.pool.idle
+        eventually(lambda: app.stats().idle, what="worker idle again")
+        (worker,) = app.stats().idle
         assert worker.requests == 2  # the refused request never reached it
-    assert app.pool.restarts == {}
+    assert app.stats().restarts == {}
 
 
 def test_queue_timeout_is_503_with_retry_after(serve: Any) -> None:
     app = WsgiToAsgi(APP, workers=1, queue_timeout=0.3)
     with serve(app) as server, server.client() as client:
         busy = Background(lambda: get(server.url, s=1.5))
-        eventually(lambda: app.pool.busy, what="worker busy")
+        eventually(lambda: app.stats().busy, what="worker busy")
         started = time.monotonic()
         response = client.get("/")
         assert 0.25 <= time.monotonic() - started < 1.2
         assert response.status_code == 503
         assert response.headers["retry-after"] == "1"
-        assert app.pool.waiting == 0
+        assert app.stats().waiting == 0
         assert busy.result().status_code == 200
         # The client has the last byte a moment before the front puts the worker back.
-        eventually(lambda: app.pool.idle, what="worker idle again")
-        assert app.pool.idle[0].requests == 1
-    assert app.pool.restarts == {}
+        eventually(lambda: app.stats().idle, what="worker idle again")
+        assert app.stats().idle[0].requests == 1
+    assert app.stats().restarts == {}
 
 
 def test_client_leaving_the_queue_is_forgotten(serve: Any, tmp_path: Path) -> None:
@@ -524,18 +524,18 @@ def test_client_leaving_the_queue_is_forgotten(serve: Any, tmp_path: Path) -> No
     app = WsgiToAsgi(APP, workers=1)
     with serve(app) as server, server.client() as client:
         busy = Background(lambda: get(server.url, s=2))
-        eventually(lambda: app.pool.busy, what="worker busy")
+        eventually(lambda: app.stats().busy, what="worker busy")
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
             sock.sendall(f"GET /?marker={marker} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            eventually(lambda: app.pool.waiting == 1, what="request queued")
-        eventually(lambda: app.pool.waiting == 0, timeout=1, what="queue emptied")
+            eventually(lambda: app.stats().waiting == 1, what="request queued")
+        eventually(lambda: app.stats().waiting == 0, timeout=1, what="queue emptied")
         assert not busy.done()  # it left the queue before the worker came free
         assert busy.result().status_code == 200
         assert client.get("/").status_code == 200
         assert not marker.exists()
-        eventually(lambda: app.pool.idle, what="worker idle again")
-        assert app.pool.idle[0].requests == 2
-    assert app.pool.restarts == {}
+        eventually(lambda: app.stats().idle, what="worker idle again")
+        assert app.stats().idle[0].requests == 2
+    assert app.stats().restarts == {}
 
 
 # -- request body limit ---------------------------------------------------------------
@@ -549,28 +549,27 @@ def test_body_over_max_body_size_is_413_and_the_worker_is_free(serve: Any) -> No
 
     app = WsgiToAsgi("apps:echo", workers=1, max_body_size=1000)
     with serve(app) as server, server.client() as client:
-        (worker,) = app.pool.idle
+        (worker,) = app.stats().idle
         response = client.post("/", content=b"x" * 2000)  # Content-Length: refused up front
         assert response.status_code == 413
-        assert worker.requests == 0
+        assert app.stats().idle == (worker,)  # it never saw the request
         response = client.post("/", content=chunks())  # chunked: refused while streaming
         assert response.status_code == 413
         started = time.monotonic()
         response = client.post("/", content=b"y" * 1000)
         assert time.monotonic() - started < 2
         assert (response.status_code, response.content) == (200, b"y" * 1000)
-        assert app.pool.idle == [worker]
-    assert app.pool.restarts == {}
+        assert [w.pid for w in app.stats().idle] == [worker.pid]
+    assert app.stats().restarts == {}
 
 
 # -- abort grace ----------------------------------------------------------------------
 
 
 def test_worker_deaf_to_an_abort_is_killed_after_the_grace(
-    serve: Any, monkeypatch: pytest.MonkeyPatch
+    serve: Any,
 ) -> None:
-    monkeypatch.setattr(wsgipool._exchange, "ABORT_GRACE", 0.5)
-    app = WsgiToAsgi(APP, workers=1)  # timeout stays 30 s: the grace is what applies
+    app = WsgiToAsgi(APP, workers=1, abort_grace=0.5)  # timeout stays 30 s: the grace applies
     with serve(app) as server:
         with server.client() as client, client.stream("GET", "/hang") as response:
             stuck = int(response.headers["x-worker-pid"])
@@ -578,12 +577,12 @@ def test_worker_deaf_to_an_abort_is_killed_after_the_grace(
         left = time.monotonic()
         eventually(lambda: not pid_alive(stuck), what="stuck worker killed")
         assert time.monotonic() - left < 4
-        eventually(lambda: len(app.pool.idle) == 1, what="replacement ready")
+        eventually(lambda: len(app.stats().idle) == 1, what="replacement ready")
         response = get(server.url)
         assert response.status_code == 200
         assert int(response.text) != stuck
-    assert sum(app.pool.restarts.values()) == 1
-    assert set(app.pool.restarts) <= {"stuck after disconnect", "timeout"}
+    assert sum(app.stats().restarts.values()) == 1
+    assert set(app.stats().restarts) <= {"stuck after disconnect", "timeout"}
 
 
 # -- privilege separation -------------------------------------------------------------
@@ -651,12 +650,12 @@ def test_shutdown_lets_in_flight_requests_finish(serve: Any) -> None:
     with server:
         workers = pids(app)
         running = Background(lambda: get(server.url, s=1))
-        eventually(lambda: app.pool.busy, what="request in flight")
+        eventually(lambda: app.stats().busy, what="request in flight")
         server.server.should_exit = True
         response = running.result()
     assert (response.status_code, int(response.text) in workers) == (200, True)
     assert not any(pid_alive(pid) for pid in workers)
-    assert app.pool.restarts == {}
+    assert app.stats().restarts == {}
 
 
 class Lifespan:
@@ -710,12 +709,12 @@ async def test_graceful_timeout_cuts_long_requests_at_shutdown(anyio_backend: st
                 await lifespan.startup(tg)
                 tg.start_soon(request, "short", 0.2)
                 tg.start_soon(request, "long", 60)
-                while len(app.pool.busy) < 2:
+                while len(app.stats().busy) < 2:
                     await anyio.sleep(0.01)
                 workers = pids(app)
                 begun = time.monotonic()
                 lifespan.begin_shutdown()
-                while not app.pool.closing:
+                while not app.stats().closing:
                     await anyio.sleep(0.01)
                 tg.start_soon(request, "late", 0)
                 await lifespan.shut_down()
@@ -748,7 +747,7 @@ def test_reload_replaces_every_worker_without_failing_a_request(serve: Any) -> N
         assert load.statuses == {200: len(load.results)}
         assert {pid for _, pid in load.results[mark:]} <= new | old
         eventually(lambda: not any(pid_alive(pid) for pid in old), what="old workers exit")
-    assert app.pool.restarts == {"reload": 2}
+    assert app.stats().restarts == {"reload": 2}
 
 
 def test_failed_reload_keeps_the_old_workers(serve: Any, module_dir: Path) -> None:
@@ -763,11 +762,11 @@ def test_failed_reload_keeps_the_old_workers(serve: Any, module_dir: Path) -> No
         assert "flaky app refuses to load" in response.text
         assert pids(app) == old
         assert {int(client.get("/").text) for _ in range(4)} <= old
-        assert app.pool.restarts == {}
+        assert app.stats().restarts == {}
         flag.unlink()  # fixed: the next reload goes through
         assert client.post("/-/reload-test").status_code == 200
         assert not pids(app) & old
-    assert app.pool.restarts == {"reload": 2}
+    assert app.stats().restarts == {"reload": 2}
 
 
 # -- dynamic pool size ----------------------------------------------------------------
@@ -789,7 +788,7 @@ def test_pool_grows_to_max_workers_then_shrinks_when_idle(serve: Any) -> None:
         eventually(lambda: len(pids(app)) == 1, what="shrunk back")
         assert pids(app) <= served
         assert get(server.url).status_code == 200
-    assert app.pool.restarts == {"idle": 2}
+    assert app.stats().restarts == {"idle": 2}
 
 
 def test_max_requests_jitter_covers_its_whole_range() -> None:

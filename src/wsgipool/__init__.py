@@ -1,38 +1,45 @@
-"""Serve WSGI applications from any ASGI server through a pool of worker processes."""
+"""Serve WSGI applications from any ASGI server through a pool of worker processes.
 
-from ._config import Config as Config
+The front's names load on first use (PEP 562), so a worker process, which starts as
+``python -m wsgipool._worker``, imports only the worker's own modules: no anyio, no
+asyncio, none of the front.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._errors import (
-    AppLoadError as AppLoadError,
+    AppLoadError,
+    ConfigError,
+    OverloadedError,
+    PoolClosedError,
+    ProtocolError,
+    RequestNotSentError,
+    WorkerError,
+    WorkerGoneError,
+    WorkerStartError,
+    WorkerTimeoutError,
+    WsgiPoolError,
 )
-from ._errors import (
-    ConfigError as ConfigError,
-)
-from ._errors import (
-    OverloadedError as OverloadedError,
-)
-from ._errors import (
-    PoolClosedError as PoolClosedError,
-)
-from ._errors import (
-    ProtocolError as ProtocolError,
-)
-from ._errors import (
-    WorkerError as WorkerError,
-)
-from ._errors import (
-    WorkerGoneError as WorkerGoneError,
-)
-from ._errors import (
-    WorkerTimeoutError as WorkerTimeoutError,
-)
-from ._errors import (
-    WsgiPoolError as WsgiPoolError,
-)
-from ._front import WsgiToAsgi as WsgiToAsgi
-from ._front import WsgiToAsgiInstance as WsgiToAsgiInstance
+
+if TYPE_CHECKING:
+    from ._config import Config as Config
+    from ._front import WsgiToAsgi as WsgiToAsgi
+    from ._front import WsgiToAsgiInstance as WsgiToAsgiInstance
+    from ._pool import PoolStats as PoolStats
+    from ._pool import WorkerInfo as WorkerInfo
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "Config": "._config",
+    "PoolStats": "._pool",
+    "WorkerInfo": "._pool",
+    "WsgiToAsgi": "._front",
+    "WsgiToAsgiInstance": "._front",
+}
 
 __all__ = (
     "AppLoadError",
@@ -40,9 +47,13 @@ __all__ = (
     "ConfigError",
     "OverloadedError",
     "PoolClosedError",
+    "PoolStats",
     "ProtocolError",
+    "RequestNotSentError",
     "WorkerError",
     "WorkerGoneError",
+    "WorkerInfo",
+    "WorkerStartError",
     "WorkerTimeoutError",
     "WsgiPoolError",
     "WsgiToAsgi",
@@ -50,8 +61,28 @@ __all__ = (
     "__version__",
 )
 
-# Classes report the package as their home, as the documentation names them.
+
+def _home(value: Any) -> Any:
+    """Classes report the package as their home, as the documentation names them."""
+    if isinstance(value, type):
+        value.__module__ = __name__
+    return value
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = _home(getattr(importlib.import_module(module, __name__), name))
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
+
+
 for _name in __all__:
-    if isinstance(globals()[_name], type):
-        globals()[_name].__module__ = __name__
+    if _name in globals():
+        _home(globals()[_name])
 del _name

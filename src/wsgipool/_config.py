@@ -106,6 +106,9 @@ class Config:
         parse_seconds,
         "-t",
     )
+    abort_grace: float = option(
+        5.0, "seconds a worker gets to stop a response after its client went away", float
+    )
     startup_timeout: float = option(60.0, "seconds a new worker may take to import the app", float)
     graceful_timeout: float | None = option(
         30.0, "seconds in-flight requests get to finish at shutdown", parse_seconds
@@ -175,6 +178,7 @@ class Config:
             checks[name] = value is None or value > 0
         checks["max_lifetime_jitter"] = self.max_lifetime_jitter >= 0
         checks["idle_timeout"] = self.idle_timeout > 0
+        checks["abort_grace"] = self.abort_grace > 0
         checks["log_level"] = self.log_level.lower() in LOG_LEVELS
         checks["metrics_path"] = self.metrics_path.startswith("/")
         if self.max_workers is None:

@@ -6,7 +6,9 @@ WsgiPoolError
 ├── PoolClosedError      a request arrived after shutdown began
 ├── OverloadedError      the wait queue is full or the wait took too long
 └── WorkerError          a worker broke its side of the channel
+    ├── WorkerStartError a worker could not be started (killed meanwhile, OS limits)
     ├── WorkerGoneError  the worker's pipe closed (it exited or was killed)
+    │   └── RequestNotSentError  ... before any byte of the request reached it
     ├── WorkerTimeoutError  the worker held one request longer than ``timeout``
     └── ProtocolError    the worker sent a malformed or oversized frame
 """
@@ -38,11 +40,16 @@ class WorkerError(WsgiPoolError):
     """A worker process misbehaved; it is killed and replaced."""
 
 
+class WorkerStartError(WorkerError):
+    """A worker could not be started for a reason that is not the app's (no back-off)."""
+
+
 class WorkerGoneError(WorkerError):
     """The worker's pipe reached end of file."""
 
-    #: Set when a write failed before any of its bytes reached the worker.
-    nothing_sent = False
+
+class RequestNotSentError(WorkerGoneError):
+    """The worker was gone before any byte of the request reached it: safe to retry."""
 
 
 class ProtocolError(WorkerError):

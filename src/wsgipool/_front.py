@@ -15,11 +15,11 @@ import anyio
 
 from ._config import Config
 from ._environ import TooManyHeadersError, cgi_environ, complete_environ
-from ._errors import AppLoadError, WorkerError
+from ._errors import AppLoadError, WorkerStartError
 from ._exchange import Exchange
 from ._loader import describe, label
 from ._observe import observer_for
-from ._pool import Pool
+from ._pool import Pool, PoolStats
 from ._supervisor import supervise
 from ._types import Environ, Message, OptExcInfo, Receive, Scope, Send
 from ._wsgi import ErrorStream, FileWrapper, Responder
@@ -69,7 +69,7 @@ class WsgiToAsgi:
         async with anyio.create_task_group() as tg:
             try:
                 await self.pool.start()
-            except (AppLoadError, WorkerError, OSError, TimeoutError) as exc:
+            except (AppLoadError, WorkerStartError) as exc:
                 await self.pool.aclose()
                 message = f"wsgipool could not start {label(self.spec)}: {exc}"
                 await send({"type": "lifespan.startup.failed", "message": message})
@@ -80,6 +80,10 @@ class WsgiToAsgi:
             await self.pool.aclose()
             tg.cancel_scope.cancel()
         await send({"type": "lifespan.shutdown.complete"})
+
+    def stats(self) -> PoolStats:
+        """A snapshot of the pool: its workers and their states, the queue, restarts."""
+        return self.pool.stats()
 
     async def start(self) -> None:
         """Start every worker now (what lifespan startup does)."""

@@ -18,14 +18,11 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._errors import ConfigError
-from ._pool import Pool, rss_of
+from ._pool import Pool, PoolStats, WorkerInfo, rss_of
 from ._types import Message, Scope, Send
-
-if TYPE_CHECKING:
-    from ._process import WorkerProcess
 
 HEALTH = "/-/healthz"
 READY = "/-/readyz"
@@ -52,23 +49,16 @@ def relative_path(scope: Scope) -> str:
     return path
 
 
-def workers_of(pool: Pool) -> list[tuple[str, WorkerProcess]]:
-    """Every live worker with its state (idle, busy, retiring), in worker-id order."""
-    found = [("idle", w) for w in pool.idle]
-    found += [("retiring" if w in pool.retiring else "busy", w) for w in pool.busy]
-    return sorted(found, key=lambda item: item[1].id)
-
-
-def readiness(pool: Pool) -> dict[str, object]:
+def readiness(stats: PoolStats) -> dict[str, object]:
     """A small summary of the pool: the body of the probe responses."""
     return {
-        "workers": len(pool.idle) + len(pool.busy),
-        "idle": len(pool.idle),
-        "busy": len(pool.busy),
-        "starting": pool.starting,
-        "waiting": pool.waiting,
-        "closing": pool.closing,
-        "last_error": pool.last_error,
+        "workers": len(stats.workers),
+        "idle": len(stats.idle),
+        "busy": len(stats.busy),
+        "starting": stats.starting,
+        "waiting": stats.waiting,
+        "closing": stats.closing,
+        "last_error": stats.last_error,
     }
 
 
@@ -116,10 +106,10 @@ class Observer:
         return self.metrics.timed(send)
 
     def ready(self) -> bool:
-        return bool(self.pool.idle or self.pool.busy) and not self.pool.closing
+        return bool(self.pool.up) and not self.pool.closing
 
     def probe(self, ok: bool) -> Answer:
-        body = {"status": "ok" if ok else "unavailable", **readiness(self.pool)}
+        body = {"status": "ok" if ok else "unavailable", **readiness(self.pool.stats())}
         return (200 if ok else 503), "application/json", json.dumps(body).encode()
 
     def status_page(self) -> Answer:
@@ -183,30 +173,30 @@ class PoolCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        pool = self.pool
+        stats = self.pool.stats()
         yield GaugeMetricFamily(
-            "wsgipool_queue_depth", "Requests waiting for a free worker", value=pool.waiting
+            "wsgipool_queue_depth", "Requests waiting for a free worker", value=stats.waiting
         )
         workers = GaugeMetricFamily(
             "wsgipool_workers", "Worker processes by state", labels=["state"]
         )
-        workers.add_metric(["idle"], len(pool.idle))
-        workers.add_metric(["busy"], len(pool.busy))
-        workers.add_metric(["starting"], pool.starting)
+        workers.add_metric(["idle"], len(stats.idle))
+        workers.add_metric(["busy"], len(stats.busy))
+        workers.add_metric(["starting"], stats.starting)
         yield workers
         yield GaugeMetricFamily(
-            "wsgipool_workers_target", "Worker processes the pool keeps up", value=pool.target
+            "wsgipool_workers_target", "Worker processes the pool keeps up", value=stats.target
         )
         restarts = CounterMetricFamily(
             "wsgipool_worker_restarts", "Workers replaced, by reason", labels=["reason"]
         )
-        for reason, count in sorted(pool.restarts.items()):
+        for reason, count in sorted(stats.restarts.items()):
             restarts.add_metric([reason], count)
         yield restarts
         rss = GaugeMetricFamily(
             "wsgipool_worker_rss_bytes", "Resident memory of each worker", labels=["worker", "pid"]
         )
-        for _, worker in workers_of(pool):
+        for worker in stats.workers:
             size = rss_of(worker.pid)
             if size is not None:
                 rss.add_metric([str(worker.id), str(worker.pid)], size)
@@ -256,29 +246,30 @@ def mebibytes(size: int | None) -> str:
     return "?" if size is None else f"{size / (1 << 20):.1f} MiB"
 
 
+def _row(worker: WorkerInfo, now: float) -> str:
+    return _ROW.format(
+        id=worker.id,
+        pid=worker.pid,
+        state=worker.state,
+        requests=worker.requests,
+        rss=mebibytes(rss_of(worker.pid)),
+        uptime=duration(now - worker.started_at),
+    )
+
+
 def render_status(observer: Observer) -> str:
-    pool, now = observer.pool, time.monotonic()
-    rows = [
-        _ROW.format(
-            id=w.id,
-            pid=w.pid,
-            state=state,
-            requests=w.requests,
-            rss=mebibytes(rss_of(w.pid)),
-            uptime=duration(now - w.started_at),
-        )
-        for state, w in workers_of(pool)
-    ]
-    restarts = ", ".join(f"{html.escape(k)}: {v}" for k, v in sorted(pool.restarts.items()))
+    stats, now = observer.pool.stats(), time.monotonic()
+    rows = [_row(worker, now) for worker in stats.workers]
+    restarts = ", ".join(f"{html.escape(k)}: {v}" for k, v in sorted(stats.restarts.items()))
     return _PAGE.format(
         app=html.escape(observer.label),
         pid=os.getpid(),
         uptime=duration(time.time() - observer.started_at),
-        up=len(pool.idle) + len(pool.busy),
-        target=pool.target,
-        starting=pool.starting,
-        waiting=pool.waiting,
-        closing=", shutting down" if pool.closing else "",
+        up=len(stats.workers),
+        target=stats.target,
+        starting=stats.starting,
+        waiting=stats.waiting,
+        closing=", shutting down" if stats.closing else "",
         rows="\n".join(rows) or '<tr><td colspan="6">no worker is up</td></tr>',
         restarts=restarts or "none",
     )

@@ -1,11 +1,16 @@
 """Supervision of the worker processes: spawn, dispatch, queue, recycle, replace, stop.
 
+Every worker is in one :class:`State`, and :meth:`Pool._set_state` is the one place that
+changes it: it keeps the idle list, closes the pipes of a worker that leaves, counts the
+restart and lets a waiting request retry. A request gets a worker as a
+:class:`~wsgipool._lease.Lease` from :meth:`Pool.acquire` and gives it back through it.
+
 The pool works with or without a host task. Under ASGI lifespan it starts ``workers``
-processes up front and the lifespan task runs :func:`wsgipool._supervisor.supervise`,
-which replaces dead workers at once, recycles old ones and enforces deadlines. Without
-lifespan the pool grows lazily: a request that finds no idle worker and spare capacity
-starts one itself, and dead or retired workers are noticed on the next dispatch. Exited
-processes are reaped by polling, never in signal handlers.
+processes up front and :func:`wsgipool._supervisor.supervise` calls :meth:`Pool.tick`
+every 100 ms, which reaps exited processes, replaces dead workers and retires old or
+surplus ones. Without lifespan the pool grows lazily: a request that finds no idle
+worker and spare capacity starts one itself, and exited workers are reaped on the next
+dispatch. Request deadlines need neither: the lease's reads enforce them.
 """
 
 from __future__ import annotations
@@ -17,37 +22,41 @@ import signal
 import sys
 import time
 import weakref
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import anyio
 
+from . import _protocol as proto
 from ._config import Config
 from ._errors import (
     AppLoadError,
     OverloadedError,
     PoolClosedError,
+    ProtocolError,
     WorkerError,
-    WorkerGoneError,
+    WorkerStartError,
 )
+from ._lease import Lease
 from ._loader import AppSpec
-from ._process import WorkerProcess, describe_exit, resolve_identity
+from ._process import KILL_GRACE, State, WorkerProcess, describe_exit, resolve_identity
 from ._queue import WaitQueue, Watch
 from ._template import Template
 
 log = logging.getLogger("wsgipool.pool")
 
-#: Seconds between SIGTERM and SIGKILL for a worker being killed.
-KILL_GRACE = 2.0
 #: Seconds a retired worker gets to exit on its own before it is killed.
 RETIRE_GRACE = 10.0
 MAX_BACKOFF = 30.0
-_START_ERRORS = (AppLoadError, WorkerError, OSError, TimeoutError)
+#: Start-up attempts a request makes when workers are killed from outside meanwhile.
+START_TRIES = 3
+_LIVE = (State.IDLE, State.BUSY, State.RETIRING)
 
 
-def _kill_all(workers: set[WorkerProcess]) -> None:
-    for worker in list(workers):
-        worker.kill_now()
-    workers.clear()
+def _kill_all(processes: set[WorkerProcess]) -> None:
+    for process in list(processes):
+        process.kill_now()
+    processes.clear()
 
 
 def _jitter(limit: float) -> float:
@@ -63,6 +72,42 @@ def rss_of(pid: int) -> int | None:
         return None
 
 
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One worker as :meth:`Pool.stats` saw it."""
+
+    id: int
+    pid: int
+    state: str  # "idle", "busy" or "retiring"
+    requests: int
+    started_at: float  # time.monotonic()
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A snapshot of the pool: what the probes, metrics and status page show."""
+
+    workers: tuple[WorkerInfo, ...]  # live workers, by id
+    target: int
+    starting: int
+    waiting: int
+    closing: bool
+    failures: int  # start-up failures in a row
+    backoff_until: float  # time.monotonic() before which no start-up is attempted
+    last_error: str | None
+    restarts: Mapping[str, int]  # workers replaced, by reason
+    template_pid: int | None
+
+    @property
+    def idle(self) -> tuple[WorkerInfo, ...]:
+        return tuple(w for w in self.workers if w.state == "idle")
+
+    @property
+    def busy(self) -> tuple[WorkerInfo, ...]:
+        """Workers serving a request (retiring ones included)."""
+        return tuple(w for w in self.workers if w.state != "idle")
+
+
 class Pool:
     """Worker processes serving one app, one request each at a time."""
 
@@ -72,13 +117,10 @@ class Pool:
         self.target = config.workers
         self.limit = config.max_workers or config.workers
         self.identity = resolve_identity(config.user, config.group)
-        self.idle: list[WorkerProcess] = []
-        self.busy: set[WorkerProcess] = set()
-        self.retiring: set[WorkerProcess] = set()  # busy, replaced once they finish
-        self.exiting: dict[WorkerProcess, float] = {}  # stopped, reaped by -> deadline
-        self.starting = 0
+        self.workers: set[WorkerProcess] = set()  # every worker not yet reaped
+        self._idle: list[WorkerProcess] = []  # IDLE workers, most recently used last
+        self.starting = 0  # start-ups under way (before READY)
         self.closing = False
-        self.supervised = False  # _supervisor.supervise() runs: it enforces deadlines
         self.failures = 0
         self.backoff_until = 0.0
         self.last_error: str | None = None
@@ -87,24 +129,86 @@ class Pool:
         self.old_templates: list[Template] = []
         self._template_starting = False
         self.waiters = WaitQueue()
-        self._all: set[WorkerProcess] = set()
+        self._processes: set[WorkerProcess] = set()  # workers and templates: the finalizer's
         self._free_ids: list[int] = []
         self._next_id = 1
-        self._finalizer = weakref.finalize(self, _kill_all, self._all)
+        self._finalizer = weakref.finalize(self, _kill_all, self._processes)
 
-    # -- capacity -------------------------------------------------------------------
+    # -- state ----------------------------------------------------------------------
+
+    def _set_state(self, worker: WorkerProcess, state: State, reason: str = "",
+                   grace: float = 0.0) -> None:  # fmt: skip
+        """Move ``worker`` to ``state``; the only place a worker's state changes.
+
+        Leaving for EXITING closes its pipes (it exits at EOF), kills it after ``grace``
+        seconds (at once if 0), frees its id, counts the restart under ``reason`` if one
+        is given, and lets a waiting request retry, since capacity changed.
+        """
+        old, now = worker.state, time.monotonic()
+        if old is state:
+            return
+        if old is State.IDLE:
+            self._idle.remove(worker)
+        worker.state, worker.since = state, now
+        if reason:
+            worker.reason = reason
+        if state is State.IDLE:
+            self._idle.append(worker)
+        elif state is State.RETIRING:
+            self.waiters.wake_one()  # its replacement may start now
+        elif state is State.EXITING:
+            if reason:
+                self.restarts[reason] = self.restarts.get(reason, 0) + 1
+            if grace <= 0 and worker.alive():
+                worker.signal_group(signal.SIGKILL)
+            worker.close_pipes()
+            worker.kill_at = now + grace
+            if worker.id and worker.id not in self._free_ids:  # 0: a template
+                self._free_ids.append(worker.id)
+            self.waiters.wake_one()
+        elif state is State.GONE:
+            self.workers.discard(worker)
+            self._processes.discard(worker)
+
+    def _count(self, *states: State) -> int:
+        return sum(1 for w in self.workers if w.state in states)
 
     @property
     def size(self) -> int:
         """Workers that count against ``workers``: alive, not retiring, or on their way up."""
-        return len(self.idle) + len(self.busy) - len(self.retiring) + self.starting
+        return len(self._idle) + self._count(State.BUSY) + self.starting
+
+    @property
+    def up(self) -> int:
+        """Workers that can serve or are serving."""
+        return self._count(*_LIVE)
 
     @property
     def waiting(self) -> int:
         return len(self.waiters)
 
-    def _hello(self, worker_id: int) -> dict[str, Any]:
-        hello: dict[str, Any] = {
+    def stats(self) -> PoolStats:
+        workers = sorted((w for w in self.workers if w.state in _LIVE), key=lambda w: w.id)
+        template = self.template
+        return PoolStats(
+            workers=tuple(
+                WorkerInfo(w.id, w.pid, w.state.value, w.requests, w.started_at) for w in workers
+            ),
+            target=self.target,
+            starting=self.starting,
+            waiting=self.waiting,
+            closing=self.closing,
+            failures=self.failures,
+            backoff_until=self.backoff_until,
+            last_error=self.last_error,
+            restarts=dict(self.restarts),
+            template_pid=template.pid if template is not None and template.alive() else None,
+        )
+
+    # -- start-up -------------------------------------------------------------------
+
+    def _hello(self, worker_id: int) -> proto.Hello:
+        hello: proto.Hello = {
             "app": self.spec,
             "sys_path": list(sys.path),
             "worker_id": worker_id,
@@ -127,31 +231,35 @@ class Pool:
         return self._next_id - 1
 
     async def _spawn(self) -> WorkerProcess:
-        """Start one worker and wait until it is ready (counted in ``starting`` meanwhile)."""
+        """Start one worker and wait until it is ready (counted in ``starting`` meanwhile).
+
+        Raises AppLoadError (the app's fault: backs off) or WorkerStartError (not: none).
+        """
         self.starting += 1
         worker_id = self._take_id()
         worker = None
         try:
-            if self.config.preload:
-                worker = await (await self._template()).fork(worker_id)
-            else:
-                worker = WorkerProcess.spawn(worker_id, self._hello(worker_id), self._env())
-            self._all.add(worker)
-            await worker.ready(self.config.startup_timeout)
+            try:
+                if self.config.preload:
+                    worker = await (await self._template()).fork(worker_id)
+                else:
+                    worker = WorkerProcess.spawn(worker_id, self._hello(worker_id), self._env())
+                self.workers.add(worker)
+                self._processes.add(worker)
+                await worker.ready(self.config.startup_timeout)
+            except (OSError, ProtocolError) as exc:
+                raise WorkerStartError(f"worker {worker_id} did not start: {exc}") from exc
         except BaseException as exc:
+            self.starting -= 1
             if worker is not None:
-                self._forget(worker)
-                worker.signal_group(signal.SIGKILL)
-                worker.close_pipes()
-                self.exiting[worker] = time.monotonic()
+                self._set_state(worker, State.EXITING)
             else:
                 self._free_ids.append(worker_id)
-            self.starting -= 1
-            if isinstance(exc, (AppLoadError, TimeoutError)):
+            if isinstance(exc, AppLoadError):
                 self._note_failure(exc)
                 self._fail_waiters(exc)
-            elif isinstance(exc, _START_ERRORS):
-                log.warning("worker %d did not start: %s", worker_id, exc)
+            elif isinstance(exc, WorkerError):
+                log.warning("%s", exc)
             raise
         self.starting -= 1
         self.failures = 0
@@ -174,11 +282,11 @@ class Pool:
 
     async def _start_template(self) -> Template:
         template = Template.start(self._hello(0), self._env())
-        self._all.add(template)
+        self._processes.add(template)
         try:
             await template.ready(self.config.startup_timeout)
         except BaseException:
-            self._all.discard(template)
+            self._processes.discard(template)
             template.kill_now()
             raise
         log.info("preload template started (pid %d)", template.pid)
@@ -187,16 +295,15 @@ class Pool:
     def _set_limits(self, worker: WorkerProcess) -> None:
         config = self.config
         if config.max_requests:
-            worker.request_limit = config.max_requests + random.randint(
-                0, config.max_requests_jitter
-            )
+            jitter = random.randint(0, config.max_requests_jitter)
+            worker.request_limit = config.max_requests + jitter
         if config.max_lifetime:
             lifetime = config.max_lifetime + _jitter(config.max_lifetime_jitter)
             worker.expires_at = worker.started_at + lifetime
 
     def _fail_waiters(self, exc: Exception) -> None:
         """With no worker left to wait for, queued requests get the start-up error now."""
-        if not (self.idle or self.busy or self.starting):
+        if not (self.up or self.starting):
             self.waiters.wake_all(exc)
 
     def _note_failure(self, exc: BaseException) -> None:
@@ -205,17 +312,6 @@ class Pool:
         delay = min(0.1 * 2 ** (self.failures - 1), MAX_BACKOFF)
         self.backoff_until = time.monotonic() + delay
         log.error("worker failed to start (%s); next attempt in %.1fs", exc, delay)
-
-    def _forget(self, worker: WorkerProcess) -> None:
-        self._all.discard(worker)
-        self.busy.discard(worker)
-        self.retiring.discard(worker)
-        if worker in self.idle:
-            self.idle.remove(worker)
-        if worker.id not in self._free_ids:
-            self._free_ids.append(worker.id)
-
-    # -- start and dispatch ---------------------------------------------------------
 
     async def start(self) -> None:
         """Start ``workers`` processes; if one cannot load the app, the start fails."""
@@ -233,47 +329,54 @@ class Pool:
             return  # a request started one meanwhile
         try:
             self._offer(await self._spawn())
-        except _START_ERRORS as exc:
+        except (AppLoadError, WorkerStartError) as exc:
             if errors is not None:
                 errors.append(exc)  # else: logged and backed off in _spawn
 
-    async def acquire(self, watch: Watch | None = None) -> WorkerProcess | None:
-        """A worker for one request: idle now, started for us, or after queueing.
+    # -- dispatch -------------------------------------------------------------------
+
+    async def acquire(self, watch: Watch | None = None) -> Lease | None:
+        """A lease on a worker for one request: idle now, started for us, or after queueing.
 
         While queued the caller's ``watch`` runs; if it returns (the client left), the
         request leaves the queue and the result is None.
         """
+        tries = 0
         while True:
             if self.closing:
                 raise PoolClosedError("the server is shutting down")
             self.reap()
-            while self.idle:
-                worker = self.idle.pop()
-                # Supervised, a death shows as a broken pipe (and the request is retried on
-                # another worker) or at the next tick: no wait4() per request.
-                if not worker.reader.broken and (self.supervised or worker.alive()):
+            while self._idle:
+                worker = self._idle[-1]
+                if not worker.reader.broken:
                     self._checkout(worker)
-                    return worker
+                    return self._lease(worker)
                 self.lost(worker, "died while idle")
             if self.size < self.limit and time.monotonic() >= self.backoff_until:
                 try:
                     worker = await self._spawn()
-                except WorkerGoneError:
-                    continue  # killed from outside while starting: not the app's fault
+                except WorkerStartError:
+                    tries += 1
+                    if tries < START_TRIES:
+                        continue  # killed from outside while starting: not the app's fault
+                    raise
                 self._checkout(worker)
-                return worker
+                return self._lease(worker)
             handed, left = await self._queue(watch)
-            if handed is not None or left:
-                return handed
+            if handed is not None:
+                return self._lease(handed)
+            if left:
+                return None
+
+    def _lease(self, worker: WorkerProcess) -> Lease:
+        return Lease(self, worker, self.config.timeout)
 
     def _checkout(self, worker: WorkerProcess) -> None:
-        self.busy.add(worker)
-        worker.deadline = None
-        worker.idle_since = None
+        self._set_state(worker, State.BUSY)
         last = worker.request_limit and worker.requests + 1 >= worker.request_limit
         if last or (worker.expires_at and time.monotonic() >= worker.expires_at):
             # Its replacement may start now, while this last request runs.
-            self.retire_after(worker, "max_requests" if last else "max_lifetime")
+            self._set_state(worker, State.RETIRING, "max_requests" if last else "max_lifetime")
 
     async def _queue(self, watch: Watch | None) -> tuple[WorkerProcess | None, bool]:
         """Wait for a worker: (worker or None to retry, whether the request left)."""
@@ -299,35 +402,22 @@ class Pool:
 
     def _offer(self, worker: WorkerProcess) -> None:
         """Give a free worker to the longest-waiting request, or park it as idle."""
-        if self.closing:
-            self._forget(worker)  # started or freed during shutdown: let it exit
-            worker.close_pipes()
-            self.exiting[worker] = time.monotonic() + KILL_GRACE
-            return
-        if self.waiters.hand(worker, self._checkout):
-            return
-        worker.idle_since = time.monotonic()
-        self.idle.append(worker)
+        if self.closing:  # started or freed during shutdown: let it exit
+            self._set_state(worker, State.EXITING, grace=KILL_GRACE)
+        elif not self.waiters.hand(worker, self._checkout):
+            self._set_state(worker, State.IDLE)
 
-    def _wake_one(self) -> None:
-        """Capacity was lost: let the first waiter retry (it may start a worker itself)."""
-        self.waiters.wake_one()
-
-    # -- after a request ------------------------------------------------------------
+    # -- endings (a lease calls release or discard) -----------------------------------
 
     def release(self, worker: WorkerProcess, served: bool = True) -> None:
-        """The request finished cleanly: recycle the worker if it is due, else reuse it.
+        """The worker is free again: recycle it if it is due, else reuse it.
 
         ``served=False`` gives back a worker that never saw the request.
         """
-        self.busy.discard(worker)
         worker.requests += served
         rss_limit = self.config.max_rss
-        if worker.timed_out:  # the watchdog is killing it: never hand it out again
-            self.discard(worker, "timeout")
-        elif worker in self.retiring:
-            self.retiring.discard(worker)
-            self.retire(worker, worker.retire_reason or "recycled")
+        if worker.state is State.RETIRING:
+            self.retire(worker, worker.reason or "recycled")
         elif rss_limit and (rss_of(worker.pid) or 0) > rss_limit:
             self.retire(worker, "max_rss")
         else:
@@ -335,68 +425,64 @@ class Pool:
 
     def retire_after(self, worker: WorkerProcess, reason: str) -> None:
         """Retire ``worker`` now if idle, else once its current request is done."""
-        if worker in self.idle:
-            self.idle.remove(worker)
+        if worker.state is State.IDLE:
             self.retire(worker, reason)
-        elif worker in self.busy and worker not in self.retiring:
-            worker.retire_reason = reason
-            self.retiring.add(worker)
-            self._wake_one()
+        elif worker.state is State.BUSY:
+            self._set_state(worker, State.RETIRING, reason)
 
     def retire(self, worker: WorkerProcess, reason: str) -> None:
         """Let a worker exit on its own (its pipe reaches EOF) and count the restart."""
         log.info("worker %d (pid %d) recycled: %s", worker.id, worker.pid, reason)
-        self._count(reason)
-        self._forget(worker)
-        worker.close_pipes()
-        self.exiting[worker] = time.monotonic() + RETIRE_GRACE
-        self._wake_one()
+        self._set_state(worker, State.EXITING, reason, grace=RETIRE_GRACE)
 
     def discard(self, worker: WorkerProcess, reason: str) -> None:
-        """Forget a broken worker (already signalled by the caller) and count the restart."""
-        self._count(reason)
-        self._forget(worker)
-        if worker.alive():
-            worker.signal_group(signal.SIGKILL)
-        worker.close_pipes()
-        self.exiting[worker] = time.monotonic()
-        self._wake_one()
+        """Kill a broken worker (the caller has logged why) and count the restart."""
+        self._set_state(worker, State.EXITING, reason)
 
     def lost(self, worker: WorkerProcess, why: str) -> None:
-        code = worker.popen.poll()
-        log.error("worker %d (pid %d) %s (%s)", worker.id, worker.pid, why, describe_exit(code))
-        self._count("died")
-        self._forget(worker)
-        worker.close_pipes()
-        self.exiting[worker] = time.monotonic()
+        log.error("worker %d (pid %d) %s (%s)", worker.id, worker.pid, why, worker.exit_status())
+        self._set_state(worker, State.EXITING, "died")
 
-    def _count(self, reason: str) -> None:
-        self.restarts[reason] = self.restarts.get(reason, 0) + 1
+    # -- supervision ----------------------------------------------------------------
 
     def reap(self) -> None:
         """Collect exited workers and unused old templates; SIGKILL those past their grace."""
         now = time.monotonic()
         for template in list(self.old_templates):
-            if not any(w.template is template for w in self._all):
+            if not any(w.template is template for w in self.workers):
                 self.old_templates.remove(template)
-                self._all.discard(template)
-                template.close_pipes()  # it exits at EOF
-                self.exiting[template] = now + KILL_GRACE
-        for worker, kill_at in list(self.exiting.items()):
+                self._set_state(template, State.EXITING, grace=KILL_GRACE)  # exits at EOF
+        for worker in list(self._processes):
+            if worker.state is not State.EXITING:
+                continue
             code = worker.popen.poll()
             if code is not None:
-                del self.exiting[worker]
-                log.info(
-                    "worker %d (pid %d) exited (%s)", worker.id, worker.pid, describe_exit(code)
-                )
-            elif now >= kill_at:
+                self._set_state(worker, State.GONE)
+                log.info("worker %d (pid %d) exited (%s)", worker.id, worker.pid,
+                         describe_exit(code))  # fmt: skip
+            elif now >= worker.kill_at:
                 worker.signal_group(signal.SIGKILL)
 
-    async def supervise(self) -> None:
-        """Run the supervisor (see :mod:`wsgipool._supervisor`) until the pool closes."""
-        from ._supervisor import supervise
-
-        await supervise(self)
+    def tick(self) -> int:
+        """The supervisor's look at the pool: reap, notice deaths, retire old and surplus
+        idle workers; returns how many workers to start now."""
+        self.reap()
+        now = time.monotonic()
+        for worker in list(self._idle):
+            if not worker.alive():
+                self.lost(worker, "died while idle")
+            elif worker.expires_at and now >= worker.expires_at:
+                self.retire(worker, "max_lifetime")
+        extra = self.up - self._count(State.RETIRING) - self.target
+        for worker in sorted(self._idle, key=lambda w: w.since):
+            if extra <= 0:
+                break
+            if now - worker.since >= self.config.idle_timeout:
+                self.retire(worker, "idle")
+                extra -= 1
+        if now < self.backoff_until or self.closing:
+            return 0
+        return max(self.target - self.size, 0)
 
     async def reload(self) -> None:
         """Replace every worker with a fresh one that re-imports the app, one at a time.
@@ -409,13 +495,13 @@ class Pool:
             if self.template is not None:
                 self.old_templates.append(self.template)
             self.template = fresh
-        for old in list(self.idle) + list(self.busy):
-            if old not in self._all or old in self.retiring:
+        for old in sorted(self.workers, key=lambda w: w.id):
+            if old.state not in (State.IDLE, State.BUSY):
                 continue
             new = await self._spawn()
             self._offer(new)
             self.retire_after(old, "reload")
-        log.info("rolling restart done: %d workers", len(self.idle) + len(self.busy))
+        log.info("rolling restart done: %d workers", self.up - self._count(State.RETIRING))
 
     # -- shutdown -------------------------------------------------------------------
 
@@ -424,23 +510,22 @@ class Pool:
         self.closing = True
         self.waiters.wake_all()
         with anyio.move_on_after(self.config.graceful_timeout):
-            while self.busy or self.starting:
+            while self._count(State.BUSY, State.RETIRING) or self.starting:
                 await anyio.sleep(0.01)
-        workers = list(self.idle) + list(self.busy) + list(self.exiting)
         async with anyio.create_task_group() as tg:
-            for worker in workers:
+            for worker in list(self.workers):
                 tg.start_soon(self._stop, worker)
         templates = [t for t in (self.template, *self.old_templates) if t is not None]
         self.template, self.old_templates = None, []
         async with anyio.create_task_group() as tg:
             for template in templates:
                 tg.start_soon(self._stop, template)
-        self.exiting.clear()
 
     async def _stop(self, worker: WorkerProcess) -> None:
-        busy = worker in self.busy
-        self._forget(worker)
+        busy = worker.state in (State.BUSY, State.RETIRING)
+        self._set_state(worker, State.EXITING, grace=KILL_GRACE)
         code = await worker.stop(grace=0.0 if busy else KILL_GRACE)
+        self._set_state(worker, State.GONE)
         log.info("worker %d (pid %d) stopped (%s)", worker.id, worker.pid, describe_exit(code))
 
     def kill_all(self) -> None:

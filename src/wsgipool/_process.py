@@ -8,6 +8,7 @@ and trio, and survives the loop it was started on.
 from __future__ import annotations
 
 import contextlib
+import enum
 import fcntl
 import logging
 import os
@@ -16,13 +17,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import anyio
 
 from . import _protocol as proto
-from ._errors import AppLoadError, ConfigError, ProtocolError, WorkerGoneError
-from ._reader import PipeReader
+from ._errors import (
+    AppLoadError,
+    ConfigError,
+    ProtocolError,
+    RequestNotSentError,
+    WorkerGoneError,
+    WorkerStartError,
+)
+from ._loop import open_reader
 
 if TYPE_CHECKING:
     from ._template import Template
@@ -104,10 +112,26 @@ def _running(pid: int) -> bool:
 _W = TypeVar("_W", bound="WorkerProcess")
 #: Signals that mean "killed from outside", not "the app failed to start".
 _KILLED = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT})
+#: Seconds between SIGTERM and SIGKILL whenever a worker is made to stop.
+KILL_GRACE = 2.0
+
+
+class State(enum.Enum):
+    """Where a worker is in its life; only ``Pool._set_state`` changes it."""
+
+    STARTING = "starting"  # spawned, not READY yet
+    IDLE = "idle"
+    BUSY = "busy"  # leased to one request
+    RETIRING = "retiring"  # leased, and leaves once that request ends
+    EXITING = "exiting"  # pipes closed; reaped (or killed past its grace) by the pool
+    GONE = "gone"  # reaped
 
 
 class WorkerProcess:
-    """One worker and its two pipes. Reads and writes are made by one task at a time."""
+    """One worker process and its two pipes: the facts about it, and how to stop it.
+
+    Reads and writes are made by one task at a time: the holder of its lease.
+    """
 
     def __init__(self, worker_id: int, popen: Child, rfd: int, wfd: int) -> None:
         os.set_blocking(rfd, False)
@@ -117,22 +141,25 @@ class WorkerProcess:
         self.pid = popen.pid
         self.rfd, self.wfd = rfd, wfd
         self.template: Template | None = None  # the preload template it was forked from
-        self.reader = PipeReader(rfd, f"worker {worker_id}")
-        self.requests = 0
+        self.reader = open_reader(rfd, f"worker {worker_id}")
         self.started_at = time.monotonic()
+        # Bookkeeping of the pool, which alone writes these.
+        self.state = State.STARTING
+        self.since = self.started_at  # when it entered its state
+        self.reason = ""  # why it is retiring or exiting
+        self.requests = 0
         self.request_limit = 0  # retire after this many requests (0: never)
         self.expires_at = 0.0  # retire once time.monotonic() passes this (0: never)
-        self.idle_since: float | None = None
-        self.retire_reason: str | None = None
-        self.deadline: float | None = None  # time.monotonic() by which the request must end
-        self.timed_out = False  # set by whoever enforced the deadline
-        self.kill_at = 0.0
+        self.kill_at = 0.0  # EXITING: SIGKILL if it has not exited by then
+
+    def __repr__(self) -> str:
+        return f"<worker {self.id} pid {self.pid} {self.state.value}>"
 
     @classmethod
     def spawn(
         cls: type[_W],
         worker_id: int,
-        hello: dict[str, Any],
+        hello: proto.Hello,
         env: dict[str, str] | None,
         pass_fds: tuple[int, ...] = (),
     ) -> _W:
@@ -163,38 +190,31 @@ class WorkerProcess:
             os.close(to_child_r)
             os.close(from_child_w)
         worker = cls(worker_id, popen, from_child_r, to_child_w)
-        os.write(to_child_w, proto.pack(proto.HELLO, hello))  # small: fits the empty pipe
+        os.write(to_child_w, proto.hello_frame(hello))  # small: fits the empty pipe
         return worker
 
     async def ready(self, timeout: float) -> None:
-        """Wait for READY; raise AppLoadError with the app's own error if it failed."""
-        with anyio.fail_after(timeout):
-            try:
-                frames = await self.read()
-            except WorkerGoneError:
-                code = await self.wait(1.0)
-                message = f"worker {self.id} exited during start-up ({describe_exit(code)})"
-                if code is not None and -code in _KILLED:
-                    raise WorkerGoneError(message) from None  # killed from outside
-                raise AppLoadError(message) from None
-        kind = frames[0][0]
-        if kind == proto.FAILED:
-            log.error(
-                "worker %d (pid %d) could not load the app:\n%s", self.id, self.pid, frames[0][2]
-            )
-            raise AppLoadError(frames[0][1])
-        if kind != proto.READY:
-            raise ProtocolError(f"expected READY from worker {self.id}, got frame {kind}")
-
-    async def read(self) -> list[proto.Frame]:
-        """At least one whole frame; WorkerGoneError at end of file."""
-        frames = await self.reader.read()
-        assert frames is not None
-        return frames
-
-    async def read_within(self, patience: float) -> list[proto.Frame] | None:
-        """Like :meth:`read`, but None if no frame came within ``patience`` seconds."""
-        return await self.reader.read(patience)
+        """Wait for READY. The app's own failure (or an import slower than ``timeout``) is
+        AppLoadError; a worker killed from outside meanwhile is WorkerStartError."""
+        try:
+            frames = await self.reader.read(timeout)
+        except WorkerGoneError:
+            code = await self.wait(1.0)
+            message = f"worker {self.id} exited during start-up ({describe_exit(code)})"
+            if code is not None and -code in _KILLED:
+                raise WorkerStartError(message) from None
+            raise AppLoadError(message) from None
+        except ProtocolError as exc:
+            raise WorkerStartError(f"worker {self.id}: {exc}") from None
+        if frames is None:
+            raise AppLoadError(f"the app took longer than {timeout:g}s to import (startup_timeout)")
+        first = frames[0]
+        if isinstance(first, proto.Failed):
+            log.error("worker %d (pid %d) could not load the app:\n%s", self.id, self.pid,
+                      first.traceback)  # fmt: skip
+            raise AppLoadError(first.message)
+        if not isinstance(first, proto.Ready):
+            raise WorkerStartError(f"expected READY from worker {self.id}, got {first!r:.100}")
 
     async def write(self, *pieces: bytes | bytearray | memoryview) -> None:
         """Write whole frames given as pieces (gathered, never joined): cancellable until
@@ -202,35 +222,34 @@ class WorkerProcess:
 
         A frame cut in half would corrupt the stream for every later request, while a frame
         not started at all is harmless; an idle worker drains its pipe, so the shielded part
-        ends quickly unless the worker is stuck, which ``WRITE_STUCK`` bounds.
+        ends quickly unless the worker is stuck, which ``WRITE_STUCK`` bounds. A worker gone
+        before the first byte is :class:`RequestNotSentError`.
         """
-        try:
-            written = self._write_some(pieces)
-            while written is None:
-                await self._wait_writable()  # nothing written yet: safe to cancel
-                written = self._write_some(pieces)
-        except WorkerGoneError as exc:
-            exc.nothing_sent = True  # the request never reached the worker
-            raise
+        written = self._write_some(pieces, RequestNotSentError)
+        while written is None:
+            await self._wait_writable(RequestNotSentError)  # nothing written: safe to cancel
+            written = self._write_some(pieces, RequestNotSentError)
         rest = _after(pieces, written)
         if rest:
             with anyio.CancelScope(shield=True), anyio.move_on_after(WRITE_STUCK) as scope:
                 while rest:
-                    written = self._write_some(rest)
+                    written = self._write_some(rest, WorkerGoneError)
                     if written is None:
-                        await self._wait_writable()
+                        await self._wait_writable(WorkerGoneError)
                     else:
                         rest = _after(rest, written)
             if scope.cancelled_caught:
                 raise WorkerGoneError(f"worker {self.id} stopped reading its pipe")
 
-    async def _wait_writable(self) -> None:
+    async def _wait_writable(self, error: type[WorkerGoneError]) -> None:
         try:
             await anyio.wait_writable(self.wfd)
         except (anyio.ClosedResourceError, OSError, ValueError) as exc:
-            raise WorkerGoneError(f"worker {self.id}: pipe closed") from exc
+            raise error(f"worker {self.id}: pipe closed") from exc
 
-    def _write_some(self, pieces: Sequence[bytes | bytearray | memoryview]) -> int | None:
+    def _write_some(
+        self, pieces: Sequence[bytes | bytearray | memoryview], error: type[WorkerGoneError]
+    ) -> int | None:
         try:
             if len(pieces) == 1:
                 return os.write(self.wfd, pieces[0])
@@ -238,10 +257,14 @@ class WorkerProcess:
         except BlockingIOError:
             return None
         except OSError as exc:  # EPIPE: the worker is gone
-            raise WorkerGoneError(f"worker {self.id}: {exc}") from exc
+            raise error(f"worker {self.id}: {exc}") from exc
 
     def alive(self) -> bool:
         return self.popen.poll() is None
+
+    def exit_status(self) -> str:
+        """How the process ended, for a log line (``"killed by SIGKILL"``)."""
+        return describe_exit(self.popen.poll())
 
     def signal_group(self, sig: int) -> None:
         """Signal the worker and every process it started (its own process group)."""
@@ -271,18 +294,27 @@ class WorkerProcess:
             delay = min(delay * 2, 0.05)
         return code
 
-    async def stop(self, grace: float, kill_grace: float = 2.0) -> int | None:
-        """Close the pipe (the worker exits at EOF), then SIGTERM, then SIGKILL the group."""
-        self.close_pipes()
-        code = await self.wait(grace)
-        if code is None:
+    async def terminate(self, grace: float = KILL_GRACE) -> int | None:
+        """SIGTERM the group, SIGKILL it if the worker has not exited ``grace`` s later.
+
+        With ``grace=0`` it is SIGKILL at once. Either way the group gets a final SIGKILL,
+        for whatever the app left running in it.
+        """
+        code = self.popen.poll()
+        if code is None and grace > 0:
             self.signal_group(signal.SIGTERM)
-            code = await self.wait(kill_grace)
+            code = await self.wait(grace)
         if code is None:
             self.signal_group(signal.SIGKILL)
             code = await self.wait(5.0)
-        self.signal_group(signal.SIGKILL)  # leftovers of the app in the group
+        self.signal_group(signal.SIGKILL)
         return code
+
+    async def stop(self, grace: float) -> int | None:
+        """Close the pipes (the worker exits at EOF); past ``grace``, :meth:`terminate`."""
+        self.close_pipes()
+        code = await self.wait(grace)
+        return code if code is not None else await self.terminate()
 
     def kill_now(self) -> None:
         """Synchronous last resort (finalizers, atexit): no waiting, no event loop."""

@@ -8,7 +8,7 @@ oversized frame before buffering any of it.
 
 Front -> worker::
 
-    HELLO    {"app": spec, "sys_path": [...], "worker_id": int, ...}   once, at start
+    HELLO    options          a :class:`Hello` mapping, once, at start
     REQUEST  environ          the CGI part of the environ: str -> str
     BODY     <bytes>          a request body chunk, in order
     EOF                       the request body is complete
@@ -24,16 +24,19 @@ Worker -> front::
     ERROR    message          the app failed; before START the front answers 500
     LOG      level, message   a line the app wrote to ``wsgi.errors``
 
-Decoded, a frame is a list ``[kind, *fields]``. The worker ignores everything but
-REQUEST while idle, so frames the front sent for a request that has already ended (late
-body chunks, a late ABORT) are harmless.
+Decoded, a frame is one of the small named tuples below, checked for shape here, so
+neither side ever indexes into an unchecked list: anything malformed is a
+:class:`ProtocolError` at the reader. The worker ignores everything but REQUEST while
+idle, so frames the front sent for a request that has already ended (late body chunks,
+a late ABORT) are harmless.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, NamedTuple, TypedDict
 
 import msgpack
 
@@ -56,7 +59,70 @@ MAX_FRAME: Final = 64 * 1024 * 1024
 #: Bodies above this are split so no single frame approaches MAX_FRAME.
 MAX_CHUNK: Final = 16 * 1024 * 1024
 
-Frame = list[Any]
+
+class _HelloRequired(TypedDict):
+    app: Any  # an AppSpec (see _loader)
+    sys_path: list[str]
+    worker_id: int
+    log_level: str
+
+
+class Hello(_HelloRequired, total=False):
+    """What a new worker (or the preload template) is told before it imports the app."""
+
+    uid: int
+    gid: int
+    fork_fd: int  # preload: the template's end of the fork socket
+
+
+class HelloFrame(NamedTuple):
+    options: Hello
+
+
+class Request(NamedTuple):
+    environ: dict[str, str]
+
+
+class Body(NamedTuple):
+    data: bytes
+
+
+class Eof(NamedTuple):
+    pass
+
+
+class Abort(NamedTuple):
+    pass
+
+
+class Ready(NamedTuple):
+    pid: int
+
+
+class Failed(NamedTuple):
+    message: str
+    traceback: str
+
+
+class Start(NamedTuple):
+    status: int
+    headers: list[tuple[bytes, bytes]]
+
+
+class End(NamedTuple):
+    pass
+
+
+class Error(NamedTuple):
+    message: str
+
+
+class Log(NamedTuple):
+    level: int
+    message: str
+
+
+Frame = HelloFrame | Request | Body | Eof | Abort | Ready | Failed | Start | End | Error | Log
 
 _HEADER = struct.Struct(">IB")
 _packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
@@ -73,11 +139,6 @@ EOF_FRAME: Final = pack(EOF)
 ABORT_FRAME: Final = pack(ABORT)
 
 
-def body_header(size: int) -> bytes:
-    """The header of a BODY frame carrying ``size`` bytes."""
-    return _HEADER.pack(size, BODY)
-
-
 def body_frames(chunk: bytes | bytearray | memoryview) -> list[bytes | memoryview]:
     """Pieces whose concatenation is one or more BODY frames carrying ``chunk``."""
     if len(chunk) <= MAX_CHUNK:
@@ -90,6 +151,10 @@ def body_frames(chunk: bytes | bytearray | memoryview) -> list[bytes | memoryvie
     return pieces
 
 
+def hello_frame(options: Hello) -> bytes:
+    return pack(HELLO, options)
+
+
 def request_frame(environ: dict[str, str]) -> bytes:
     return pack(REQUEST, environ)
 
@@ -98,7 +163,120 @@ def start_frame(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
     return pack(START, status, headers)
 
 
-_KINDS = frozenset({HELLO, REQUEST, BODY, EOF, ABORT, READY, FAILED, START, END, ERROR, LOG})
+# -- preload: the fork socket between the front and the template (one datagram each) ----
+
+_FORK_REQUEST = struct.Struct(">I")
+_FORK_REPLY = struct.Struct(">II")
+FORK_REPLY_SIZE: Final = _FORK_REPLY.size
+
+
+def fork_request(worker_id: int) -> bytes:
+    return _FORK_REQUEST.pack(worker_id)
+
+
+def read_fork_request(message: bytes) -> int:
+    return int(_FORK_REQUEST.unpack(message)[0])
+
+
+def fork_reply(worker_id: int, pid: int) -> bytes:
+    return _FORK_REPLY.pack(worker_id, pid)
+
+
+def read_fork_reply(message: bytes) -> tuple[int, int]:
+    """``(worker_id, pid)``; ProtocolError if the datagram is not a reply."""
+    if len(message) != _FORK_REPLY.size:
+        raise ProtocolError(f"malformed fork reply of {len(message)} bytes")
+    worker_id, pid = _FORK_REPLY.unpack(message)
+    return int(worker_id), int(pid)
+
+
+# -- decoding --------------------------------------------------------------------------
+
+
+def _want(kind: str, fields: list[Any], count: int) -> None:
+    if len(fields) != count:
+        raise ProtocolError(f"{kind} frame with {len(fields)} fields, expected {count}")
+
+
+def _typed(kind: str, value: Any, *types: type) -> Any:
+    if type(value) not in types:
+        raise ProtocolError(f"{kind} frame field of type {type(value).__name__}: {value!r:.100}")
+    return value
+
+
+def _hello(fields: list[Any]) -> Frame:
+    _want("HELLO", fields, 1)
+    return HelloFrame(_typed("HELLO", fields[0], dict))
+
+
+def _request(fields: list[Any]) -> Frame:
+    _want("REQUEST", fields, 1)
+    return Request(_typed("REQUEST", fields[0], dict))
+
+
+def _ready(fields: list[Any]) -> Frame:
+    _want("READY", fields, 1)
+    return Ready(_typed("READY", fields[0], int))
+
+
+def _failed(fields: list[Any]) -> Frame:
+    _want("FAILED", fields, 2)
+    return Failed(_typed("FAILED", fields[0], str), _typed("FAILED", fields[1], str))
+
+
+def _start(fields: list[Any]) -> Frame:
+    _want("START", fields, 2)
+    status, raw = fields
+    if type(status) is not int or not 100 <= status <= 999:
+        raise ProtocolError(f"bad status in START frame: {status!r:.100}")
+    try:
+        headers = [(name, value) for name, value in raw]
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"malformed headers in START frame: {raw!r:.200}") from exc
+    for name, value in headers:
+        if type(name) is not bytes or type(value) is not bytes:
+            raise ProtocolError(f"START frame header not bytes: {name!r:.100}")
+    return Start(status, headers)
+
+
+def _error(fields: list[Any]) -> Frame:
+    _want("ERROR", fields, 1)
+    return Error(_typed("ERROR", fields[0], str))
+
+
+def _log(fields: list[Any]) -> Frame:
+    _want("LOG", fields, 2)
+    return Log(_typed("LOG", fields[0], int), _typed("LOG", fields[1], str))
+
+
+_EMPTY: dict[int, Frame] = {EOF: Eof(), ABORT: Abort(), END: End()}
+_DECODERS: dict[int, Callable[[list[Any]], Frame]] = {
+    HELLO: _hello,
+    REQUEST: _request,
+    READY: _ready,
+    FAILED: _failed,
+    START: _start,
+    ERROR: _error,
+    LOG: _log,
+}
+
+
+def decode(kind: int, payload: bytes) -> Frame:
+    """The typed frame of ``kind`` carried by ``payload`` (not for BODY)."""
+    if kind in _EMPTY:
+        if payload:
+            raise ProtocolError(f"frame kind {kind} carries an unexpected payload")
+        return _EMPTY[kind]
+    decoder = _DECODERS.get(kind)
+    if decoder is None:
+        raise ProtocolError(f"unknown frame kind {kind}")
+    try:
+        fields = msgpack.unpackb(payload, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"undecodable frame payload: {exc!r}") from exc
+    if type(fields) is not list:
+        raise ProtocolError(f"malformed frame payload: {fields!r:.200}")
+    return decoder(fields)
 
 
 class FrameReader:
@@ -107,19 +285,29 @@ class FrameReader:
     Reading into a buffer that lives as long as the channel avoids allocating (and, for
     large reads, mapping and unmapping) a new bytes object per read; each body byte is
     copied once, into the chunk handed on. Every decoding problem (unknown kind, oversized
-    frame, bad msgpack) becomes :class:`ProtocolError`, so callers have one thing to catch.
+    frame, bad msgpack, wrong shape) becomes :class:`ProtocolError`, so callers have one
+    thing to catch.
     """
 
     __slots__ = ("_buf", "_end", "_max", "_need", "_start", "_view")
 
     #: Compact or grow the buffer before a read when less than this is free at its end.
     MIN_FREE = 64 * 1024
+    #: Size of the buffer at rest; one larger frame grows it, and it shrinks back after.
+    SIZE = 256 * 1024
+    #: A buffer grown past this is given back once it is empty.
+    SHRINK_ABOVE = 4 * 1024 * 1024
 
-    def __init__(self, max_frame: int = MAX_FRAME, size: int = 256 * 1024) -> None:
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._max = max_frame
-        self._buf = bytearray(size)
+        self._buf = bytearray(self.SIZE)
         self._view = memoryview(self._buf)
         self._start = self._end = self._need = 0
+
+    @property
+    def capacity(self) -> int:
+        """Bytes the buffer holds now (it grows for large frames and shrinks back)."""
+        return len(self._buf)
 
     def read_from(self, fd: int) -> list[Frame]:
         """One ``read(2)`` from ``fd``; the frames it completed. EOFError at end of file.
@@ -167,30 +355,16 @@ class FrameReader:
                 self._need = stop - pos
                 break
             if kind == BODY:
-                frames.append([BODY, bytes(view[pos + 5 : stop])])
+                frames.append(Body(bytes(view[pos + 5 : stop])))
             else:
-                frames.append(self._decode(kind, bytes(view[pos + 5 : stop])))
+                frames.append(decode(kind, bytes(view[pos + 5 : stop])))
             pos = stop
         if pos == end:
             self._start = self._end = self._need = 0
-            if len(self._buf) > 4 * 1024 * 1024:  # give back what one huge frame needed
+            if len(self._buf) > self.SHRINK_ABOVE:  # give back what one huge frame needed
                 self._view.release()
-                self._buf = bytearray(256 * 1024)
+                self._buf = bytearray(self.SIZE)
                 self._view = memoryview(self._buf)
         else:
             self._start = pos
         return frames
-
-    @staticmethod
-    def _decode(kind: int, payload: bytes) -> Frame:
-        if kind not in _KINDS:
-            raise ProtocolError(f"unknown frame kind {kind}")
-        if not payload:
-            return [kind]
-        try:
-            fields = msgpack.unpackb(payload, raw=False, use_list=True, strict_map_key=True)
-        except Exception as exc:  # msgpack raises several unrelated types
-            raise ProtocolError(f"undecodable frame payload: {exc!r}") from exc
-        if type(fields) is not list:
-            raise ProtocolError(f"malformed frame payload: {fields!r:.200}")
-        return [kind, *fields]

@@ -8,12 +8,13 @@ decides policy (backlog, timeouts, what an empty wake means); this only queues.
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import anyio
+
+from ._loop import call_soon
 
 if TYPE_CHECKING:
     from ._process import WorkerProcess
@@ -37,22 +38,7 @@ class Waiter:
     def wake(self) -> None:
         self.woken = True
         if self.scope is not None:
-            _soon(self.scope.cancel)
-
-
-def _soon(callback: Callable[[], object]) -> None:
-    """Run ``callback`` from the event loop rather than from the current task.
-
-    anyio's asyncio backend formats the calling task's repr into the reason of every
-    cancellation it is asked for from inside a task, which costs more than the rest of
-    a hand-off; from a plain loop callback there is no task to describe.
-    """
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        callback()  # trio: cancelling is cheap
-    else:
-        loop.call_soon(callback)
+            call_soon(self.scope.cancel)  # see _loop.call_soon: cheaper than from here
 
 
 class WaitQueue:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import struct
-from typing import Any
 
 import anyio
 
-from ._errors import WorkerGoneError
+from . import _protocol as proto
+from ._errors import ProtocolError, WorkerStartError
 from ._process import ForkedChild, WorkerProcess, pipe
 
 
@@ -30,7 +29,7 @@ class Template(WorkerProcess):
     forking = False
 
     @classmethod
-    def start(cls, hello: dict[str, Any], env: dict[str, str] | None) -> Template:
+    def start(cls, hello: proto.Hello, env: dict[str, str] | None) -> Template:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             hello = {**hello, "fork_fd": theirs.fileno()}
@@ -56,14 +55,14 @@ class Template(WorkerProcess):
         to_child_r, to_child_w = pipe()
         from_child_r, from_child_w = pipe()
         try:
-            socket.send_fds(self.sock, [struct.pack(">I", worker_id)], [to_child_r, from_child_w])
+            socket.send_fds(self.sock, [proto.fork_request(worker_id)], [to_child_r, from_child_w])
             with anyio.fail_after(30):
                 pid = await self._reply_for(worker_id)
         except BaseException as exc:
             os.close(to_child_w)  # the orphaned child, if any, sees EOF and exits
             os.close(from_child_r)
-            if isinstance(exc, (OSError, TimeoutError)):
-                raise WorkerGoneError(f"the preload template did not fork: {exc}") from exc
+            if isinstance(exc, (OSError, TimeoutError, ProtocolError)):
+                raise WorkerStartError(f"the preload template did not fork: {exc}") from exc
             raise
         finally:
             self.forking = False
@@ -77,11 +76,11 @@ class Template(WorkerProcess):
         while True:
             await anyio.wait_readable(self.sock)
             reply = self.sock.recv(16)
-            if len(reply) != 8:
+            if not reply:
                 raise OSError("the preload template closed its socket")
-            answered, pid = struct.unpack(">II", reply)
+            answered, pid = proto.read_fork_reply(reply)
             if answered == worker_id:
-                return int(pid)
+                return pid
 
     def close_pipes(self) -> None:
         super().close_pipes()

@@ -13,7 +13,6 @@ import os
 import select
 import signal
 import socket
-import struct
 import sys
 import threading
 import traceback
@@ -25,20 +24,23 @@ from ._environ import complete_environ
 from ._errors import AppLoadError
 from ._loader import label, load
 from ._protocol import (
-    ABORT,
-    BODY,
     END_FRAME,
-    EOF,
     ERROR,
     FAILED,
-    HELLO,
     LOG,
     READY,
-    REQUEST,
+    Abort,
+    Body,
+    Eof,
     Frame,
     FrameReader,
+    Hello,
+    HelloFrame,
+    Request,
     body_frames,
+    fork_reply,
     pack,
+    read_fork_request,
     start_frame,
 )
 from ._titles import set_title
@@ -86,11 +88,11 @@ class Channel:
         """The next request body chunk, ``None`` at the end; raises if the client left."""
         while True:
             frame = self.next_frame()
-            if frame[0] == BODY:
-                return bytes(frame[1])
-            if frame[0] == EOF:
+            if type(frame) is Body:
+                return frame.data
+            if type(frame) is Eof:
                 return None
-            if frame[0] == ABORT:
+            if type(frame) is Abort:
                 self.aborted = True
                 raise ClientDisconnected("client disconnected while the body was read")
 
@@ -98,7 +100,7 @@ class Channel:
         """Non-blocking: has the front asked to stop this response?"""
         if not self.aborted and select.select([self.rfd], [], [], 0)[0]:
             self._read()
-            kept = deque(f for f in self.pending if f[0] != ABORT)
+            kept = deque(f for f in self.pending if type(f) is not Abort)
             self.aborted = len(kept) != len(self.pending)
             self.pending = kept
         return self.aborted
@@ -159,8 +161,8 @@ class Worker:
     def serve_forever(self) -> None:
         while True:
             frame = self.channel.next_frame()
-            if frame[0] == REQUEST:
-                self.handle(frame[1])
+            if type(frame) is Request:
+                self.handle(frame.environ)
             # anything else is a leftover of a finished request: ignore it
 
     def emit_log(self, line: str) -> None:
@@ -267,9 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the front decides when workers stop
     channel = Channel(rfd, wfd)
     hello = channel.next_frame()
-    if hello[0] != HELLO:
-        raise SystemExit(f"wsgipool worker: expected HELLO, got {hello[0]!r}")
-    options: dict[str, Any] = hello[1]
+    if not isinstance(hello, HelloFrame):
+        raise SystemExit(f"wsgipool worker: expected HELLO, got {hello!r:.100}")
+    options = hello.options
     if "uid" in options:  # drop privileges before any app code runs
         os.setgroups([])
         os.setgid(options["gid"])
@@ -294,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     Worker(channel, app).serve_forever()
 
 
-def run_template(channel: Channel, app: Any, options: dict[str, Any]) -> None:
+def run_template(channel: Channel, app: Any, options: Hello) -> None:
     """Preload mode: the app is imported; fork a worker for each request of the front."""
     sock = socket.socket(fileno=options["fork_fd"])
     signal.signal(signal.SIGCHLD, _reap_children)
@@ -304,7 +306,7 @@ def run_template(channel: Channel, app: Any, options: dict[str, Any]) -> None:
         message, fds, _, _ = socket.recv_fds(sock, 16, 2)
         if not message:
             raise SystemExit(0)  # the front is gone
-        worker_id = struct.unpack(">I", message)[0]
+        worker_id = read_fork_request(message)
         pid = os.fork()
         if pid == 0:
             code = 0
@@ -324,7 +326,7 @@ def run_template(channel: Channel, app: Any, options: dict[str, Any]) -> None:
                 os._exit(code)
         for fd in fds:
             os.close(fd)
-        sock.send(struct.pack(">II", worker_id, pid))
+        sock.send(fork_reply(worker_id, pid))
 
 
 def _reap_children(signum: int, frame: object) -> None:
@@ -335,7 +337,7 @@ def _reap_children(signum: int, frame: object) -> None:
         pass
 
 
-def _serve_forked(app: Any, rfd: int, wfd: int, worker_id: int, options: dict[str, Any]) -> None:
+def _serve_forked(app: Any, rfd: int, wfd: int, worker_id: int, options: Hello) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.setsid()  # its own process group, as a spawned worker has
     _die_with_parent(os.getppid())

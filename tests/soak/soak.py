@@ -83,16 +83,15 @@ def serve(port: int, workers: int) -> None:
         """``GET /-/pool``: the pool's own view of its workers, as JSON."""
         if scope["type"] != "http" or scope["path"] != "/-/pool":
             return await app(scope, receive, send)
-        pool = app.pool
+        stats = app.stats()
         state = {
-            "idle": [w.pid for w in pool.idle],
-            "busy": [w.pid for w in pool.busy],
-            "retiring": [w.pid for w in pool.retiring],
-            "exiting": [w.pid for w in pool.exiting],
-            "starting": pool.starting,
-            "waiting": pool.waiting,
-            "failures": pool.failures,
-            "restarts": pool.restarts,
+            "idle": [w.pid for w in stats.idle],
+            "busy": [w.pid for w in stats.workers if w.state == "busy"],
+            "retiring": [w.pid for w in stats.workers if w.state == "retiring"],
+            "starting": stats.starting,
+            "waiting": stats.waiting,
+            "failures": stats.failures,
+            "restarts": dict(stats.restarts),
         }
         body = json.dumps(state).encode()
         await send(
@@ -353,7 +352,7 @@ def settled(server_pid: int, port: int, workers: int) -> bool:
         state = json.loads(pool_view(port))
     except ValueError:
         return False
-    return len(state["idle"]) == workers and not state["starting"] and not state["exiting"]
+    return len(state["idle"]) == workers and not state["starting"]
 
 
 def pool_view(port: int) -> str:
