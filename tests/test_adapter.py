@@ -261,7 +261,7 @@ async def test_client_leaving_before_the_first_frame_is_noticed(
     make_app: Any,
 ) -> None:
     # No request deadline: only the disconnect (and its grace) ends it.
-    app = make_app(apps.fail, timeout=None, abort_grace=0.5)  # no request deadline: only the disconnect ends it
+    app = make_app(apps.fail, timeout=None, abort_grace=0.5)
     sent: list[dict[str, Any]] = []
     calls = 0
 

@@ -29,11 +29,11 @@ import httpx
 import pytest
 import uvicorn
 
-from wsgipool._supervisor import supervise
 from asgi_helpers import call_asgi, http_scope
 from support import children_of, pid_alive
 from support import wait_for as eventually
 from wsgipool import AppLoadError, WsgiToAsgi
+from wsgipool._supervisor import supervise
 
 APP = "apps:supervised"
 
