@@ -164,7 +164,7 @@ def test_disconnect_stops_endless_response_and_calls_close(serve: Any, tmp_path:
 
 
 def test_app_errors_become_500_and_worker_keeps_serving(serve: Any, caplog: Any) -> None:
-    app = WsgiToAsgi("apps:fail", workers=1)
+    app = WsgiToAsgi("apps:fail", workers=1, app_errors="respond")
     with serve(app) as server, server.client() as client:
         pids = set()
         for how in ("raise", "status", "header", "latin1", "str", "no-start"):

@@ -76,7 +76,9 @@ SERVER_OPTIONS = (
     Option("pythonpath", (), "comma-separated directories to put first on sys.path", parse_names),
 )  # fmt: skip
 #: Where ``wsgipool serve`` departs from the library's defaults.
-SERVE_DEFAULTS: Mapping[str, Any] = {"health": True}
+#: Where `wsgipool serve` differs from the library: it answers its probes, and as the
+#: server itself it answers an app's exception with a logged 500.
+SERVE_DEFAULTS: Mapping[str, Any] = {"health": True, "app_errors": "respond"}
 
 
 def all_options() -> list[Option]:

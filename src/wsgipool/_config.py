@@ -120,6 +120,47 @@ class Config:
     max_body_size: int | None = option(
         None, "largest request body accepted (413 above it), e.g. 10MiB; none: off", parse_size
     )
+    buffer_requests: bool = option(
+        True,
+        "read each request body before a worker is taken (off: stream it to the app as it arrives)",
+        parse_bool,
+    )
+    max_response_buffer: int | None = option(
+        1024**3,
+        "bytes of one response the front holds for a slow client, so its worker is free at "
+        "once; past it the worker waits for the client; none: hold nothing",
+        parse_size,
+    )
+    buffer_memory: int = option(
+        32 * 1024**2,
+        "bytes of bodies the front holds in memory across all requests; beyond it they go "
+        "to unlinked temporary files",
+        parse_size,
+    )
+    buffer_dir: str | None = option(
+        None, "directory of the temporary files (default: the system's temp dir)", str
+    )
+    client_timeout: float = option(
+        30.0,
+        "seconds a client may go without sending a byte of its body, or taking a byte of the "
+        "response, before 408 or disconnect",
+        float,
+    )
+    min_client_rate: int = option(
+        240,
+        "bytes/s a client must keep up, sending its body or reading the response, once "
+        "client_rate_grace has passed (0: no minimum)",
+        int,
+    )
+    client_rate_grace: float = option(
+        5.0, "seconds of a body or response before min_client_rate applies", float
+    )
+    app_errors: str = option(
+        "raise",
+        "an exception of the app: raise it from the ASGI call, as asgiref does, so the "
+        "server and ASGI middleware see it (raise), or log it and answer 500 (respond)",
+        str,
+    )
     max_requests: int = option(0, "retire a worker after this many requests (0: never)", int)
     max_requests_jitter: int = option(0, "random 0..N added to max_requests per worker", int)
     max_lifetime: float | None = option(
@@ -179,7 +220,15 @@ class Config:
         checks["max_lifetime_jitter"] = self.max_lifetime_jitter >= 0
         checks["idle_timeout"] = self.idle_timeout > 0
         checks["abort_grace"] = self.abort_grace > 0
+        checks["buffer_memory"] = (self.buffer_memory or 0) >= 0
+        checks["max_response_buffer"] = (
+            self.max_response_buffer is None or self.max_response_buffer >= 0
+        )
+        checks["client_timeout"] = self.client_timeout > 0
+        checks["min_client_rate"] = self.min_client_rate >= 0
+        checks["client_rate_grace"] = self.client_rate_grace >= 0
         checks["log_level"] = self.log_level.lower() in LOG_LEVELS
+        checks["app_errors"] = self.app_errors in ("raise", "respond")
         checks["metrics_path"] = self.metrics_path.startswith("/")
         if self.max_workers is None:
             object.__setattr__(self, "max_workers", self.workers)
@@ -201,7 +250,7 @@ class Config:
         if unknown:
             raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
         options = dict(options)
-        for name in ("max_body_size", "max_rss"):
+        for name in ("max_body_size", "max_rss", "buffer_memory", "max_response_buffer"):
             if isinstance(options.get(name), str):
                 options[name] = parse_size(options[name])
         try:

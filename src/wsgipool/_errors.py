@@ -5,6 +5,7 @@ WsgiPoolError
 ├── AppLoadError         the worker could not import or unpickle the app
 ├── PoolClosedError      a request arrived after shutdown began
 ├── OverloadedError      the wait queue is full or the wait took too long
+├── AppError             the WSGI app raised; ``__cause__`` has the worker's traceback
 └── WorkerError          a worker broke its side of the channel
     ├── WorkerStartError a worker could not be started (killed meanwhile, OS limits)
     ├── WorkerGoneError  the worker's pipe closed (it exited or was killed)
@@ -34,6 +35,27 @@ class PoolClosedError(WsgiPoolError):
 
 class OverloadedError(WsgiPoolError):
     """No worker became free within the queue limits."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker, as text (it cannot travel)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class AppError(WsgiPoolError):
+    """The WSGI app raised while serving a request; raised from ``WsgiToAsgi.__call__``.
+
+    Its ``__cause__`` is a :class:`RemoteTraceback` with the app's own traceback, as
+    ``concurrent.futures`` attaches one for an exception raised in a process pool.
+    """
+
+    def __init__(self, message: str, traceback: str = "") -> None:
+        super().__init__(message)
+        self.traceback = traceback
+        if traceback:
+            self.__cause__ = RemoteTraceback(traceback)
 
 
 class WorkerError(WsgiPoolError):

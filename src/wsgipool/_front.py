@@ -20,6 +20,7 @@ from ._exchange import Exchange
 from ._loader import describe, label
 from ._observe import observer_for
 from ._pool import Pool, PoolStats
+from ._spool import MemoryBudget
 from ._supervisor import supervise
 from ._types import Environ, Message, OptExcInfo, Receive, Scope, Send
 from ._wsgi import ErrorStream, FileWrapper, Responder
@@ -42,6 +43,7 @@ class WsgiToAsgi:
         self.config = Config.from_options(options)
         self.spec = describe(wsgi_application)
         self.pool = Pool(self.spec, self.config)
+        self.budget = MemoryBudget(self.config.buffer_memory or 0)  # bodies held in memory
         self.observer = observer_for(self.pool, label(self.spec))  # the /-/ endpoints
 
     def __repr__(self) -> str:
@@ -50,14 +52,23 @@ class WsgiToAsgi:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
+            timing = None
             if self.observer is not None:
                 if await self.observer.answer(scope, send):
                     return
-                send = self.observer.timed(send)
+                timing = self.observer.timed(send)
             instance = WsgiToAsgiInstance(
-                self.wsgi_application, self.duplicate_header_limit, pool=self.pool
-            )
-            await instance(scope, receive, send)
+                self.wsgi_application, self.duplicate_header_limit, pool=self.pool,
+                budget=self.budget,
+            )  # fmt: skip
+            if timing is None:
+                await instance(scope, receive, send)
+                return
+            try:
+                await instance(scope, receive, timing.send)
+            except Exception:
+                timing.failed()
+                raise
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         else:
@@ -121,10 +132,12 @@ class WsgiToAsgiInstance:
         duplicate_header_limit: int | None = 100,
         *,
         pool: Pool | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.wsgi_application = wsgi_application
         self.duplicate_header_limit = duplicate_header_limit
         self.pool = pool
+        self.budget = budget or MemoryBudget(0)
         self.response_started = False
         self.response_content_length: int | None = None
         self._responder: Responder | None = None
@@ -136,7 +149,7 @@ class WsgiToAsgiInstance:
             raise RuntimeError("WsgiToAsgiInstance needs a pool: serve WsgiToAsgi(app) instead")
         self.scope = scope
         request_line = f"{scope.get('method')} {scope.get('path')}"
-        exchange = Exchange(self.pool, receive, send, request_line)
+        exchange = Exchange(self.pool, self.budget, receive, send, request_line)
         try:
             cgi = cgi_environ(scope, self.duplicate_header_limit)
         except TooManyHeadersError:
@@ -150,6 +163,8 @@ class WsgiToAsgiInstance:
             await send(
                 {"type": "http.response.body", "body": b"Bad Request: Too many duplicate headers"}
             )
+            return
+        if await exchange.refuse_early(cgi):
             return
         first = await receive()
         if first["type"] != "http.request":

@@ -99,10 +99,10 @@ class Observer:
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
         return True
 
-    def timed(self, send: Send) -> Send:
-        """``send``, counting the response and its latency once its last chunk is sent."""
+    def timed(self, send: Send) -> Timing | None:
+        """A timing of one response (None without metrics)."""
         if self.metrics is None:
-            return send
+            return None
         return self.metrics.timed(send)
 
     def ready(self) -> bool:
@@ -139,26 +139,44 @@ class Metrics:
         )
         self.registry.register(PoolCollector(pool))
 
-    def timed(self, send: Send) -> Send:
-        started = time.perf_counter()
-        status = 0
-
-        async def timed_send(message: Message) -> None:
-            nonlocal status
-            await send(message)
-            kind = message["type"]
-            if kind == "http.response.start":
-                status = int(message["status"])
-            elif kind == "http.response.body" and not message.get("more_body", False):
-                self.requests.labels(f"{status // 100}xx").inc()
-                self.latency.observe(time.perf_counter() - started)
-
-        return timed_send
+    def timed(self, send: Send) -> Timing:
+        return Timing(self, send)
 
     def render(self) -> Answer:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+
+
+class Timing:
+    """Counts one response and its latency once its last chunk is sent, or once the call
+    raised (the server then answers 500 or cuts the response off)."""
+
+    __slots__ = ("_metrics", "_send", "_started", "_status", "counted")
+
+    def __init__(self, metrics: Metrics, send: Send) -> None:
+        self._metrics = metrics
+        self._send = send
+        self._started = time.perf_counter()
+        self._status = 0
+        self.counted = False
+
+    async def send(self, message: Message) -> None:
+        await self._send(message)
+        kind = message["type"]
+        if kind == "http.response.start":
+            self._status = int(message["status"])
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            self._count(self._status)
+
+    def failed(self) -> None:
+        self._count(500)
+
+    def _count(self, status: int) -> None:
+        if not self.counted:
+            self.counted = True
+            self._metrics.requests.labels(f"{status // 100}xx").inc()
+            self._metrics.latency.observe(time.perf_counter() - self._started)
 
 
 class PoolCollector:

@@ -1,0 +1,333 @@
+"""The response of one request: the worker's frames in, the client's messages out.
+
+Frames become ASGI messages in a queue as fast as the worker writes them; the worker is
+released as soon as the response is complete, and the queue is sent at the client's
+pace. Small responses (complete in the first pipe read) are queued, released and sent
+with no task at all. Others run three ways at once: a *pump* (worker -> queue, body
+chunks held in a :class:`~wsgipool._spool.Spool` up to ``max_response_buffer``, then the
+worker waits), a *drain* (queue -> client, cut off when the client is slower than
+:class:`~wsgipool._client.Pace` allows) and a *feed* (the request body -> worker, then
+a watch for the client leaving, which tells the app to stop).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from . import _protocol as proto
+from ._client import Pace
+from ._errors import AppError, ProtocolError, WorkerError, WorkerGoneError, WorkerTimeoutError
+from ._lease import Lease
+from ._spool import Spool
+from ._types import Message
+
+if TYPE_CHECKING:
+    from ._exchange import Exchange
+
+log = logging.getLogger("wsgipool.front")
+app_log = logging.getLogger("wsgipool.app")
+#: How long the task-free fast path waits for the app's first frame; a slower app is
+#: relayed by the streamed path, which also notices a client that leaves meanwhile.
+PATIENCE = 0.05
+END_MESSAGE: dict[str, Any] = {"type": "http.response.body"}
+CLOSE = (b"connection", b"close")
+#: A queued body chunk: the message is built from the spool's next chunk when sent.
+CHUNK = None
+Item = Message | None
+
+
+def plain_response(status: int, text: str, *extra: tuple[bytes, bytes]) -> tuple[Message, Message]:
+    """A short text/plain response as the two ASGI messages that send it."""
+    body = text.encode()
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+    ]
+    return (
+        {"type": "http.response.start", "status": status, "headers": headers},
+        {"type": "http.response.body", "body": body},
+    )
+
+
+def app_error(message: str) -> AppError:
+    """The exception to raise for an ERROR frame: its last line names the app's error."""
+    head, _, traceback = message.partition("\n")
+    lines = [line for line in traceback.splitlines() if line.strip()]
+    return AppError(f"{head}: {lines[-1]}" if lines else head, traceback)
+
+
+class Relay:
+    """Relays one response; the exchange's lease is handed over to it."""
+
+    def __init__(self, exchange: Exchange, lease: Lease) -> None:
+        self.x = exchange
+        self.lease = lease
+        self.pending: Message | None = None  # a start message, until its first chunk
+        self.committed = False  # a start message is queued: our own errors are too late
+        self.items: deque[Item] = deque()
+        self.spool: Spool | None = None  # body chunks of the streamed path
+        self._wake: anyio.Event | None = None  # the drain waits for items
+        self._room: anyio.Event | None = None  # the pump waits for the spool to shrink
+        self._done = False  # the pump has queued the response's last item
+
+    async def run(self, more: bool, received: int, body: Spool | None) -> None:
+        """Relay the response; every way out ends the lease."""
+        try:
+            frames: list[proto.Frame] = []
+            if body is None and not more:
+                frames = await self.lease.read(PATIENCE) or []
+                if self.take(frames):
+                    self.lease.release()  # free before the client has a byte
+                    await self._send_queued()
+                    return
+            await self._stream(more, received, body)
+        except WorkerError as exc:
+            await self._fail(exc)
+            await self._send_queued()
+        except BaseException:
+            self.lease.discard("cancelled")  # cancelled mid-request: state unknown
+            raise
+
+    # -- frames -> queue ------------------------------------------------------------
+
+    def take(self, frames: list[proto.Frame]) -> bool:
+        """Queue what ``frames`` say; True once the response is complete."""
+        for frame in frames:
+            kind = type(frame)
+            if kind is proto.Body:
+                self._chunk(frame.data)  # type: ignore[union-attr]
+            elif kind is proto.Start:
+                self.pending = {
+                    "type": "http.response.start",
+                    "status": frame.status,  # type: ignore[union-attr]
+                    "headers": frame.headers,  # type: ignore[union-attr]
+                }
+            elif kind is proto.End:
+                self._end()
+                return True
+            elif kind is proto.Error:
+                self._app_failed(frame.message)  # type: ignore[union-attr]
+                return True
+            elif kind is proto.Log:
+                app_log.log(frame.level, "%s", frame.message)  # type: ignore[union-attr]
+            else:
+                raise ProtocolError(f"unexpected {kind.__name__} frame from a worker")
+        return False
+
+    def _commit(self) -> None:
+        if self.pending is not None:
+            self.items.append(self.pending)
+            self.pending = None
+            self.committed = True
+
+    def _chunk(self, data: bytes) -> None:
+        if self.x.disconnected or self.x.too_large:
+            return
+        self._commit()
+        if self.spool is None:
+            self.items.append({"type": "http.response.body", "body": data, "more_body": True})
+        else:
+            self.spool.put(data)
+            self.items.append(CHUNK)
+
+    def _end(self) -> None:
+        if self.x.too_large:
+            self._own(413, "Payload Too Large")
+            return
+        self._commit()
+        if not self.committed:
+            raise ProtocolError("worker ended a response it never started")
+        self.items.append(END_MESSAGE)
+
+    def _own(self, status: int, text: str) -> None:
+        """Queue a response of our own, unless the app's has begun."""
+        if not self.committed:
+            extra = (CLOSE,) if status == 413 else ()
+            self.items.extend(plain_response(status, text, *extra))
+            self.committed = True
+
+    def _app_failed(self, message: str) -> None:
+        if self.x.too_large:
+            self._own(413, "Payload Too Large")
+        elif self.x.config.app_errors == "raise":
+            self.x.failure = app_error(message)  # the server answers 500, as with asgiref
+        else:
+            app_log.error("%s", message)
+            if self.committed:
+                log.error("response to %s cut off: the app failed", self.x.request_line)
+            self._own(500, "Internal Server Error")
+
+    # -- queue -> client ------------------------------------------------------------
+
+    async def _send_queued(self) -> None:
+        while self.items:
+            await self.x.deliver(self._next())
+
+    def _next(self) -> Message:
+        item = self.items.popleft()
+        if item is not CHUNK:
+            return item
+        assert self.spool is not None
+        data = self.spool.get()
+        if self._room is not None:
+            self._room.set()
+        return {"type": "http.response.body", "body": data, "more_body": True}
+
+    async def _drain(self) -> None:
+        """Send the queue at the client's pace until the response's end; cut a client
+        slower than Pace allows."""
+        pace = Pace(self.x.config)
+        while not self.x.disconnected:
+            if not self.items:
+                if self._done:
+                    return
+                self._wake = anyio.Event()
+                await self._wake.wait()
+                continue
+            message = self._next()
+            with anyio.move_on_after(max(pace.wait(), 0)) as scope:
+                await self.x.deliver(message)
+            if scope.cancelled_caught:
+                self.x.disconnected = True
+                log.warning("closing the connection of %s: the client reads too slowly (%s)",
+                            self.x.request_line, pace.why())  # fmt: skip
+                return
+            pace.moved += len(message.get("body", b""))
+
+    def _queued(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    # -- worker -> queue ------------------------------------------------------------
+
+    async def _stream(self, more: bool, received: int, body: Spool | None) -> None:
+        x = self.x
+        self.spool = Spool(x.budget, x.config.buffer_dir)
+        lock = anyio.Lock()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._feed, lock, more, received, body)
+                pumped = anyio.Event()
+                tg.start_soon(self._pump, pumped)
+                await self._drain()
+                if self._room is not None:
+                    self._room.set()  # the pump may be waiting for a client that left
+                if not self._done:  # the client is gone or too slow: the app must stop
+                    await self._client_left(lock)
+                await pumped.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            self.spool.close()
+
+    async def _pump(self, pumped: anyio.Event) -> None:
+        cap = self.x.config.max_response_buffer or 0
+        assert self.spool is not None
+        try:
+            while True:
+                frames = await self.lease.read()
+                assert frames is not None
+                done = self.take(frames)
+                self._queued()
+                if done:
+                    self.lease.release()
+                    break
+                while self.spool.size > cap and not self.x.disconnected:
+                    self._room = anyio.Event()  # the client has to catch up first
+                    self.lease.pause()
+                    try:
+                        await self._room.wait()
+                    finally:
+                        self.lease.resume()
+        except WorkerError as exc:
+            await self._fail(exc)
+        finally:
+            self._done = True
+            self._queued()
+            pumped.set()
+
+    # -- client -> worker -----------------------------------------------------------
+
+    async def _feed(self, lock: anyio.Lock, more: bool, size: int, body: Spool | None) -> None:
+        """Send the rest of the body, then wait for the client to go away."""
+        x, limit = self.x, self.x.config.max_body_size
+        try:
+            if body is not None:
+                while (chunk := body.get()) is not None:
+                    async with lock:
+                        await self.lease.send(*proto.body_frames(chunk))
+                if not more:
+                    async with lock:
+                        await self.lease.send(proto.EOF_FRAME)
+            while more:
+                message = await x.receive()
+                if message["type"] == "http.disconnect":
+                    break
+                chunk = message.get("body", b"")
+                more = message.get("more_body", False)
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    x.too_large = True
+                    break
+                pieces = proto.body_frames(chunk) if chunk else []
+                if not more:
+                    pieces.append(proto.EOF_FRAME)
+                async with lock:
+                    await self.lease.send(*pieces)
+            else:
+                message = await x.receive()  # returns only once the client has gone
+            if message["type"] == "http.disconnect":
+                x.disconnected = True
+                self._queued()
+            elif not x.too_large:
+                return  # a receive that does not wait for the disconnect: nothing to watch
+            await self._client_left(lock)
+        except WorkerError:
+            pass  # the pump sees the same failure on its side
+
+    async def _client_left(self, lock: anyio.Lock) -> None:
+        """Tell the app to stop; it has ``abort_grace`` seconds before it is killed."""
+        if self.lease.ended:
+            return
+        if self.x.disconnected:
+            self.lease.client_left(self.x.config.abort_grace)
+        try:
+            async with lock:
+                await self.lease.send(proto.ABORT_FRAME)
+        except WorkerError:
+            pass
+
+    # -- failures -------------------------------------------------------------------
+
+    async def _fail(self, exc: WorkerError) -> None:
+        lease, x = self.lease, self.x
+        if isinstance(exc, WorkerTimeoutError) and x.disconnected:
+            status, text, reason = 504, "Gateway Timeout", "stuck after disconnect"
+        elif isinstance(exc, WorkerTimeoutError):
+            status, text, reason = 504, "Gateway Timeout", "timeout"
+        elif isinstance(exc, WorkerGoneError):
+            status, text, reason = 502, "Bad Gateway", "crashed"
+        else:
+            status, text, reason = 502, "Bad Gateway", "protocol error"
+        await lease.kill()
+        lease.discard(reason)
+        answered = not self.committed and not x.disconnected
+        if answered:
+            self.items.clear()
+            self._own(status, text)
+        elif x.config.app_errors == "raise" and not x.disconnected:
+            x.failure = exc  # the response is cut off: say so to the caller
+        worker = lease.worker
+        log.error(
+            "worker %d (pid %d) %s during %s (%s); %s",
+            worker.id,
+            worker.pid,
+            reason if not isinstance(exc, ProtocolError) else f"{reason}: {exc}",
+            x.request_line,
+            worker.exit_status(),
+            f"answered {status}" if answered else "response cut off",
+        )

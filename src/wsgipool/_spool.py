@@ -1,0 +1,137 @@
+"""Bodies the front holds for a slow peer: in memory while a budget allows, then on disk.
+
+A :class:`Spool` is a FIFO of chunks. Chunks stay in memory up to a per-spool limit and
+while the front-wide :class:`MemoryBudget` has room; beyond that they are appended to an
+unlinked temporary file (``O_TMPFILE`` where Linux has it), so nothing is left on disk
+when the request ends, whether it ends normally, is cancelled, or the front is killed.
+Chunk boundaries are kept, so what goes in as one chunk comes out as one chunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections import deque
+
+#: Bytes of one spool kept in memory before it writes to its file.
+MEMORY_PER_SPOOL = 1024 * 1024
+
+
+class MemoryBudget:
+    """Bytes of bodies the whole front may hold in memory at once."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> bool:
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.used -= size
+
+
+class Spool:
+    """Chunks in arrival order, in memory first and then in a temporary file."""
+
+    __slots__ = ("_budget", "_dir", "_fd", "_in_memory", "_lengths", "_memory", "_read_at",
+                 "_write_at", "size", "spooled")  # fmt: skip
+
+    def __init__(self, budget: MemoryBudget, directory: str | None = None) -> None:
+        self._budget = budget
+        self._dir = directory
+        self._memory: deque[bytes] = deque()
+        self._in_memory = 0
+        self._fd = -1
+        self._lengths: deque[int] = deque()  # chunks waiting in the file, in order
+        self._read_at = self._write_at = 0
+        self.size = 0  # bytes held, in memory and on disk
+        self.spooled = 0  # bytes that went to disk, in all
+
+    def __len__(self) -> int:
+        return len(self._memory) + len(self._lengths)
+
+    @property
+    def on_disk(self) -> int:
+        return self._write_at - self._read_at
+
+    def put(self, chunk: bytes) -> None:
+        size = len(chunk)
+        if (
+            not self._lengths
+            and self._in_memory + size <= MEMORY_PER_SPOOL
+            and self._budget.take(size)
+        ):
+            self._memory.append(chunk)
+            self._in_memory += size
+        else:
+            self._write(chunk)
+        self.size += size
+
+    def _write(self, chunk: bytes) -> None:
+        if self._fd < 0:
+            self._fd = _temporary_file(self._dir)
+        view = memoryview(chunk)
+        while view:
+            written = os.pwrite(self._fd, view, self._write_at)
+            self._write_at += written
+            view = view[written:]
+        self._lengths.append(len(chunk))
+        self.spooled += len(chunk)
+
+    def get(self) -> bytes | None:
+        """The oldest chunk, or None if the spool is empty."""
+        if self._memory:
+            chunk = self._memory.popleft()
+            self._in_memory -= len(chunk)
+            self._budget.give(len(chunk))
+        elif self._lengths:
+            chunk = self._read(self._lengths.popleft())
+            if not self._lengths:  # drained: start the file over
+                os.ftruncate(self._fd, 0)
+                self._read_at = self._write_at = 0
+        else:
+            return None
+        self.size -= len(chunk)
+        return chunk
+
+    def _read(self, size: int) -> bytes:
+        parts = []
+        while size:
+            part = os.pread(self._fd, size, self._read_at)
+            if not part:
+                raise OSError("spool file ended early")
+            parts.append(part)
+            self._read_at += len(part)
+            size -= len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        """Drop everything held (idempotent)."""
+        self._budget.give(self._in_memory)
+        self._memory.clear()
+        self._in_memory = 0
+        self._lengths.clear()
+        self.size = 0
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+
+
+def _temporary_file(directory: str | None) -> int:
+    """A file with no name: the kernel frees it when the descriptor closes, however."""
+    where = directory or tempfile.gettempdir()
+    flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
+    if hasattr(os, "O_TMPFILE"):
+        with contextlib.suppress(OSError):
+            return os.open(where, flags | os.O_TMPFILE, 0o600)
+    fd, path = tempfile.mkstemp(dir=where, prefix="wsgipool-")
+    os.unlink(path)
+    return fd
