@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
@@ -46,3 +51,46 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def hypercorn_thread(app: Any, backend: str) -> Iterator[str]:
+    """hypercorn's own ``serve`` for ``backend`` in a thread, on a socket bound here."""
+    from hypercorn.config import Config
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    config = Config()
+    config.bind = [f"fd://{sock.detach()}"]  # hypercorn owns (and closes) it from here
+    config.accesslog = None
+    stop = threading.Event()
+
+    async def stopped() -> None:
+        while not stop.is_set():
+            await anyio.sleep(0.02)
+
+    async def main() -> None:
+        if backend == "trio":
+            from hypercorn.trio import serve
+        else:
+            from hypercorn.asyncio import serve  # type: ignore[assignment]
+        await serve(app, config, shutdown_trigger=stopped)
+
+    thread = threading.Thread(target=anyio.run, args=(main,), kwargs={"backend": backend})
+    thread.start()
+    try:
+        yield url
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive()
+
+
+def python_env(*folders: str | os.PathLike[str]) -> dict[str, str]:
+    """The environment for a child Python: ``folders`` first on its path, then ours."""
+    path = [str(folder) for folder in folders]
+    if os.environ.get("PYTHONPATH"):
+        path.append(os.environ["PYTHONPATH"])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
