@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+import wsgipool
 from support import children_of, free_port, wait_for
 from support import pid_alive as alive
 from wsgipool import Config
@@ -166,6 +167,11 @@ def test_value_errors_name_the_flag_and_the_valid_range(
     assert "int()" not in err
 
 
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"wsgipool {wsgipool.__version__}\n"
+
+
 def test_unknown_flag_after_serve_shows_serves_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "m:app", "--wrokers", "2"]) == 2
     err = capsys.readouterr().err
@@ -237,7 +243,8 @@ def test_signal_drains_and_exits_0(front: Callable[..., Front], sig: int) -> Non
     thread.join(30)
     assert slow[0].status_code == 200  # the in-flight request finished
     output = server.output()
-    banner = f"serving apps:fail on {server.url} with 2 workers (uvicorn"
+    banner = f"serving apps:fail on {server.url} with 2 workers"
+    banner += f" (wsgipool {wsgipool.__version__}, uvicorn"
     assert banner in output
     assert "wsgipool.pool: worker 1 started (pid" in output
     assert "Traceback" not in output

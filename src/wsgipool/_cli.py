@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import __version__
 from ._config import (
     Config,
     Rule,
@@ -194,6 +195,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     parser = Parser(
         prog="wsgipool", description="Serve a WSGI app from a pool of worker processes."
     )
+    parser.add_argument("--version", action="version", version=f"wsgipool {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     serve = commands.add_parser(
         "serve",
@@ -269,7 +271,7 @@ class Serving:
         where = ", ".join(listener.url for listener in self.listeners)
         extras = [name for name in ("health", "metrics", "status") if getattr(config, name)]
         text = f"serving {label(self.app.spec)} on {where} with {config.workers} workers"
-        text += f" ({server_name()})"
+        text += f" (wsgipool {__version__}, {server_name()})"
         return text + (f"; /-/ endpoints: {', '.join(extras)}" if extras else "")
 
     def run(self) -> int:
