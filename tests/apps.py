@@ -368,3 +368,12 @@ def loose_headers(environ: Environ, start_response: Any) -> Iterable[bytes]:
         ],
     )
     return [body]
+
+
+def logs(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """Logs through the standard library, as apps that set up no logging of their own do."""
+    import logging
+
+    logging.getLogger("myapp").info("hello from the app")
+    start_response("200 OK", [])
+    return [b"logged"]

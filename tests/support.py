@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
@@ -94,3 +99,59 @@ def python_env(*folders: str | os.PathLike[str]) -> dict[str, str]:
     if os.environ.get("PYTHONPATH"):
         path.append(os.environ["PYTHONPATH"])
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+
+class ServerProcess:
+    """A server command (``python -m uvicorn ...``) in a subprocess on a free loopback
+    port; its stdout and stderr go to one log file."""
+
+    def __init__(
+        self, argv: Sequence[str], log: Path, port: int, cwd: Path, env: dict[str, str]
+    ) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", *argv], cwd=cwd, env=env, stdout=out, stderr=out
+            )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def ready(self, path: str = "/-/readyz", timeout: float = 30.0) -> ServerProcess:
+        def up() -> bool:
+            assert self.proc.poll() is None, f"exited early:\n{self.output()}"
+            try:
+                return httpx.get(self.url + path, timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, timeout, f"{self.proc.args} to answer {path}")
+        return self
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def host_command(host: str, module: str, port: int) -> list[str]:
+    """The command line that serves the ASGI app ``module`` ("mod:app") with ``host``."""
+    where = ["127.0.0.1", str(port)]
+    if host == "uvicorn":
+        return ["uvicorn", "--host", where[0], "--port", where[1], module]
+    if host.startswith("hypercorn"):
+        worker = host.partition("-")[2] or "asyncio"
+        return ["hypercorn", "--bind", ":".join(where), "--worker-class", worker, module]
+    if host == "granian":
+        return [
+            "granian", "--interface", "asgi", "--host", where[0], "--port", where[1],
+            "--workers", "1", module,
+        ]  # fmt: skip
+    raise ValueError(host)

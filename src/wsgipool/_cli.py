@@ -36,8 +36,9 @@ from ._config import (
 )
 from ._errors import ConfigError
 from ._front import WsgiToAsgi
-from ._host import Listener, ServedApp, bind, configure_logging, parse_binds, server_name
+from ._host import Listener, ServedApp, bind, parse_binds, server_name
 from ._loader import label
+from ._logging import configure_cli
 from ._titles import front_title, set_title
 
 #: Exit statuses: bad usage or configuration; an address that cannot be bound; the app
@@ -245,8 +246,8 @@ class Serving:
             sys.path.insert(0, folder)
         names = {f.name for f in dataclasses.fields(Config)}
         options = {k: v for k, v in vars(args).items() if k in names and v is not None}
+        configure_cli(args.log_level)
         self.app = WsgiToAsgi(args.app, **options)
-        configure_logging(args.log_level)
         self.listeners: list[Listener] = []
         for address in args.bind:
             try:
