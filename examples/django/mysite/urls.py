@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from django.contrib import admin
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
 
@@ -22,4 +23,8 @@ def item(request: HttpRequest, number: int) -> JsonResponse:
     return JsonResponse({"item": number, "path": request.path})
 
 
-urlpatterns = [path("", index), path("items/<int:number>/", item)]
+urlpatterns = [
+    path("", index),
+    path("items/<int:number>/", item),
+    path("admin/", admin.site.urls),
+]
