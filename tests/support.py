@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 import httpx
+import uvicorn
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
@@ -155,3 +156,36 @@ def host_command(host: str, module: str, port: int) -> list[str]:
             "--workers", "1", module,
         ]  # fmt: skip
     raise ValueError(host)
+
+
+class LiveServer:
+    """A uvicorn serving ``app`` on 127.0.0.1 in a thread, with lifespan on."""
+
+    def __init__(self, app: Any, **options: Any) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        options.setdefault("log_level", "warning")
+        options.setdefault("lifespan", "on")
+        self.config = uvicorn.Config(app, **options)
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(60)
+        self.sock.close()
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        kwargs.setdefault("timeout", 30)
+        return httpx.Client(base_url=self.url, **kwargs)

@@ -4,9 +4,6 @@ inside Starlette; each a real server on 127.0.0.1 with a real HTTP client."""
 from __future__ import annotations
 
 import contextlib
-import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +11,14 @@ from typing import Any
 import httpx
 import pytest
 
-from support import free_port, hypercorn_thread, python_env, wait_for
+from support import (
+    ServerProcess,
+    free_port,
+    host_command,
+    hypercorn_thread,
+    python_env,
+    wait_for,
+)
 from wsgipool import WsgiToAsgi
 
 TESTS = Path(__file__).parent
@@ -59,32 +63,14 @@ def test_granian(tmp_path: Path) -> None:
         "app = WsgiToAsgi('apps:environ_json', workers=1, health=True)\n"
     )
     port = free_port()
-    env = python_env(tmp_path, TESTS)
-    command = [
-        sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
-        "--port", str(port), "--workers", "1", "--no-log", "granian_app:app",
-    ]  # fmt: skip
-    log = tmp_path / "granian.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{port}"
+    command = [*host_command("granian", "granian_app:app", port), "--no-log"]
+    server = ServerProcess(command, tmp_path / "granian.log", port, tmp_path,
+                           python_env(tmp_path, TESTS))  # fmt: skip
     try:
-
-        def up() -> bool:
-            assert proc.poll() is None, log.read_text()
-            try:
-                return httpx.get(url + "/-/readyz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, what="granian")
-        check_served(url)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        server.ready()
+        check_served(server.url)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        assert server.stop() == 0, server.output()
 
 
 def test_mounted_in_starlette(serve: Any) -> None:
