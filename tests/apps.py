@@ -352,3 +352,28 @@ def supervised(environ: Environ, start_response: Any) -> Iterable[bytes]:
     if path == "/env":
         return env_probe(environ, start_response)
     return pid_sleep(environ, start_response)
+
+
+def loose_headers(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """Headers as Django and hand-written apps give them: padded values, lists for pairs."""
+    body = str(os.getpid()).encode()
+    start_response(
+        "200 OK",
+        [
+            ("Content-Type", "text/plain"),
+            ("Set-Cookie", " csrftoken=abc; Path=/; SameSite=Lax"),
+            ["X-Colour", "Blue"],
+            ("X-Padded", "\t padded \t"),
+            ("Content-Length", f" {len(body)} "),
+        ],
+    )
+    return [body]
+
+
+def logs(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """Logs through the standard library, as apps that set up no logging of their own do."""
+    import logging
+
+    logging.getLogger("myapp").info("hello from the app")
+    start_response("200 OK", [])
+    return [b"logged"]

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import os
 
-from flask import Flask, Response, request, stream_with_context
+from flask import Flask, Response, request, session, stream_with_context
 
 app = Flask(__name__)
+app.secret_key = "tests-only-not-secret"
+
+
+@app.get("/visits")
+def visits() -> dict[str, object]:
+    """Counts this client's visits in Flask's signed session cookie."""
+    session["visits"] = session.get("visits", 0) + 1
+    return {"visits": session["visits"]}
 
 
 @app.get("/")

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import uvicorn
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
@@ -46,3 +57,135 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def hypercorn_thread(app: Any, backend: str) -> Iterator[str]:
+    """hypercorn's own ``serve`` for ``backend`` in a thread, on a socket bound here."""
+    from hypercorn.config import Config
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    config = Config()
+    config.bind = [f"fd://{sock.detach()}"]  # hypercorn owns (and closes) it from here
+    config.accesslog = None
+    stop = threading.Event()
+
+    async def stopped() -> None:
+        while not stop.is_set():
+            await anyio.sleep(0.02)
+
+    async def main() -> None:
+        if backend == "trio":
+            from hypercorn.trio import serve
+        else:
+            from hypercorn.asyncio import serve  # type: ignore[assignment]
+        await serve(app, config, shutdown_trigger=stopped)
+
+    thread = threading.Thread(target=anyio.run, args=(main,), kwargs={"backend": backend})
+    thread.start()
+    try:
+        yield url
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive()
+
+
+def python_env(*folders: str | os.PathLike[str]) -> dict[str, str]:
+    """The environment for a child Python: ``folders`` first on its path, then ours."""
+    path = [str(folder) for folder in folders]
+    if os.environ.get("PYTHONPATH"):
+        path.append(os.environ["PYTHONPATH"])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+
+class ServerProcess:
+    """A server command (``python -m uvicorn ...``) in a subprocess on a free loopback
+    port; its stdout and stderr go to one log file."""
+
+    def __init__(
+        self, argv: Sequence[str], log: Path, port: int, cwd: Path, env: dict[str, str]
+    ) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", *argv], cwd=cwd, env=env, stdout=out, stderr=out
+            )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def ready(self, path: str = "/-/readyz", timeout: float = 30.0) -> ServerProcess:
+        def up() -> bool:
+            assert self.proc.poll() is None, f"exited early:\n{self.output()}"
+            try:
+                return httpx.get(self.url + path, timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, timeout, f"{self.proc.args} to answer {path}")
+        return self
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def host_command(host: str, module: str, port: int) -> list[str]:
+    """The command line that serves the ASGI app ``module`` ("mod:app") with ``host``."""
+    where = ["127.0.0.1", str(port)]
+    if host == "uvicorn":
+        return ["uvicorn", "--host", where[0], "--port", where[1], module]
+    if host.startswith("hypercorn"):
+        worker = host.partition("-")[2] or "asyncio"
+        return ["hypercorn", "--bind", ":".join(where), "--worker-class", worker, module]
+    if host == "granian":
+        return [
+            "granian", "--interface", "asgi", "--host", where[0], "--port", where[1],
+            "--workers", "1", module,
+        ]  # fmt: skip
+    raise ValueError(host)
+
+
+class LiveServer:
+    """A uvicorn serving ``app`` on 127.0.0.1 in a thread, with lifespan on."""
+
+    def __init__(self, app: Any, **options: Any) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        options.setdefault("log_level", "warning")
+        options.setdefault("lifespan", "on")
+        self.config = uvicorn.Config(app, **options)
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(60)
+        self.sock.close()
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        kwargs.setdefault("timeout", 30)
+        return httpx.Client(base_url=self.url, **kwargs)

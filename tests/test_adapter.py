@@ -126,8 +126,14 @@ def test_unpicklable_app_is_a_clear_error_at_construction() -> None:
 def test_bad_options_are_clear_errors() -> None:
     with pytest.raises(ConfigError, match="unknown option"):
         WsgiToAsgi(apps.hello, wrokers=2)
-    with pytest.raises(ConfigError, match="workers"):
+    with pytest.raises(ConfigError, match=r"^workers must be at least 1, got 0$"):
         WsgiToAsgi(apps.hello, workers=0)
+    with pytest.raises(ConfigError, match=r"^workers must be at least 1, got '2'$"):
+        WsgiToAsgi(apps.hello, workers="2")
+    with pytest.raises(ConfigError, match=r"^max_rss must be a size such as 512MiB"):
+        WsgiToAsgi(apps.hello, max_rss="lots")
+    with pytest.raises(ConfigError, match=r"^log_level must be one of critical, error, "):
+        WsgiToAsgi(apps.hello, log_level="loud")
     with pytest.raises(ConfigError, match=r"package\.module:attribute"):
         WsgiToAsgi("not an import string")
 

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+import wsgipool
 from support import children_of, free_port, wait_for
 from support import pid_alive as alive
 from wsgipool import Config
@@ -136,10 +137,47 @@ def test_usage_errors_exit_2(
     assert main(["serve", "not an import string"]) == 2
     assert "app must look like" in capsys.readouterr().err
     assert main(["serve", "m:app", "--log-level", "loud"]) == 2
-    assert "invalid log_level" in capsys.readouterr().err
+    levels = "critical, error, warning, info, debug"
+    assert f"--log-level must be one of {levels}, got 'loud'" in capsys.readouterr().err
     monkeypatch.setenv("WSGIPOOL_MAX_REQUESTS", "lots")
     assert main(["serve", "m:app"]) == 2
-    assert "WSGIPOOL_MAX_REQUESTS='lots'" in capsys.readouterr().err
+    assert "WSGIPOOL_MAX_REQUESTS must be a whole number, got 'lots'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["-w", "0"], "--workers must be at least 1, got 0"),
+        (["--workers", "many"], "--workers must be a whole number, got 'many'"),
+        (["--timeout", "0"], "--timeout must be more than 0, or none, got 0.0"),
+        (["--timeout", "soon"], "--timeout must be a number of seconds or none, got 'soon'"),
+        (["--backlog", "-1"], "--backlog must be at least 0, got -1"),
+        (["--max-rss", "lots"], "--max-rss must be a size such as 512MiB, 2GB or 1048576"),
+        (["-w", "2", "--max-workers", "1"], "--max-workers must be at least workers (2), got 1"),
+        (["--metrics-path", "metrics"], "--metrics-path must be a path starting with '/'"),
+    ],
+)
+def test_value_errors_name_the_flag_and_the_valid_range(
+    capsys: pytest.CaptureFixture[str], argv: list[str], said: str
+) -> None:
+    assert main(["serve", "m:app", *argv]) == 2
+    err = capsys.readouterr().err
+    assert said in err
+    assert "invalid" not in err
+    assert "int()" not in err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"wsgipool {wsgipool.__version__}\n"
+
+
+def test_unknown_flag_after_serve_shows_serves_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "m:app", "--wrokers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: wsgipool serve ")
+    assert "--max-requests N" in err  # serve's own flags are listed
+    assert "wsgipool serve: error: unrecognized arguments: --wrokers 2" in err
 
 
 # -- a front in this process ------------------------------------------------------------
@@ -182,7 +220,7 @@ def test_port_in_use_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         assert main(["serve", "apps:hello", "-b", f"127.0.0.1:{port}"]) == 1
-    assert "cannot listen" in capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in capsys.readouterr().err
 
 
 # -- `python -m wsgipool serve` ---------------------------------------------------------
@@ -205,7 +243,8 @@ def test_signal_drains_and_exits_0(front: Callable[..., Front], sig: int) -> Non
     thread.join(30)
     assert slow[0].status_code == 200  # the in-flight request finished
     output = server.output()
-    banner = f"serving apps:fail on {server.url} with 2 workers (uvicorn"
+    banner = f"serving apps:fail on {server.url} with 2 workers"
+    banner += f" (wsgipool {wsgipool.__version__}, uvicorn"
     assert banner in output
     assert "wsgipool.pool: worker 1 started (pid" in output
     assert "Traceback" not in output

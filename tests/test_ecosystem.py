@@ -4,21 +4,21 @@ inside Starlette; each a real server on 127.0.0.1 with a real HTTP client."""
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import pytest
 
-from support import free_port, wait_for
+from support import (
+    ServerProcess,
+    free_port,
+    host_command,
+    hypercorn_thread,
+    python_env,
+    wait_for,
+)
 from wsgipool import WsgiToAsgi
 
 TESTS = Path(__file__).parent
@@ -42,41 +42,6 @@ def test_uvicorn(serve: Any) -> None:
         check_served(server.url)
 
 
-@contextlib.contextmanager
-def hypercorn_thread(app: Any, backend: str) -> Iterator[str]:
-    """hypercorn's own ``serve`` for ``backend`` in a thread, on a socket bound here."""
-    from hypercorn.config import Config
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    config = Config()
-    config.bind = [f"fd://{sock.detach()}"]  # hypercorn owns (and closes) it from here
-    config.accesslog = None
-    stop = threading.Event()
-
-    async def stopped() -> None:
-        while not stop.is_set():
-            await anyio.sleep(0.02)
-
-    async def main() -> None:
-        if backend == "trio":
-            from hypercorn.trio import serve
-        else:
-            from hypercorn.asyncio import serve  # type: ignore[assignment]
-        await serve(app, config, shutdown_trigger=stopped)
-
-    thread = threading.Thread(target=anyio.run, args=(main,), kwargs={"backend": backend})
-    thread.start()
-    try:
-        yield url
-    finally:
-        stop.set()
-        thread.join(60)
-    assert not thread.is_alive()
-
-
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_hypercorn(backend: str) -> None:
     app = WsgiToAsgi("apps:environ_json", workers=1, health=True)
@@ -98,32 +63,14 @@ def test_granian(tmp_path: Path) -> None:
         "app = WsgiToAsgi('apps:environ_json', workers=1, health=True)\n"
     )
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(TESTS)])}
-    command = [
-        sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
-        "--port", str(port), "--workers", "1", "--no-log", "granian_app:app",
-    ]  # fmt: skip
-    log = tmp_path / "granian.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{port}"
+    command = [*host_command("granian", "granian_app:app", port), "--no-log"]
+    server = ServerProcess(command, tmp_path / "granian.log", port, tmp_path,
+                           python_env(tmp_path, TESTS))  # fmt: skip
     try:
-
-        def up() -> bool:
-            assert proc.poll() is None, log.read_text()
-            try:
-                return httpx.get(url + "/-/readyz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, what="granian")
-        check_served(url)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        server.ready()
+        check_served(server.url)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        assert server.stop() == 0, server.output()
 
 
 def test_mounted_in_starlette(serve: Any) -> None:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import io
+import json
+import socket
 import sys
 from typing import Any
 
+import httpx
 import pytest
 
 from asgi_helpers import http_scope
-from wsgipool import WsgiToAsgiInstance
+from support import hypercorn_thread, wait_for
+from wsgipool import WsgiToAsgi, WsgiToAsgiInstance
 
 
 def environ(**scope: Any) -> dict[str, Any]:
@@ -61,8 +65,11 @@ def test_server_name_and_port() -> None:
     assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("10.0.0.1", "8080")
     env = environ(server=None, headers=[(b"host", b"example.com:8443")])
     assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("example.com", "8443")
+    # A unix socket: the socket's path and port "0", as asgiref 3.13 gives them.
     env = environ(server=("/run/app.sock", None), scheme="https", headers=[(b"host", b"ex.org")])
-    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("ex.org", "443")
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("/run/app.sock", "0")
+    env = environ(server=["/run/app.sock", None])
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("/run/app.sock", "0")
     env = environ(server=None, headers=[(b"host", b"[::1]:9000")])
     assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("[::1]", "9000")
     env = environ(server=None, headers=[])
@@ -119,3 +126,111 @@ def test_start_response_records_like_asgiref() -> None:
 def test_start_response_refuses_bad_output(status: str, headers: Any) -> None:
     with pytest.raises(ValueError, match=r"status|header"):
         WsgiToAsgiInstance(None).start_response(status, headers)
+
+
+def test_unix_socket_server_matches_asgiref() -> None:
+    from asgiref.wsgi import WsgiToAsgiInstance as AsgirefInstance
+
+    for server in (("/run/app.sock", None), ["/run/app.sock", None], ("10.0.0.1", 81)):
+        scope = http_scope(server=server)
+        instance = AsgirefInstance(None)
+        instance.scope = scope  # asgiref's build_environ reads the headers from there
+        theirs = instance.build_environ(scope, io.BytesIO())
+        ours = environ(server=server)
+        assert (ours["SERVER_NAME"], ours["SERVER_PORT"]) == (
+            theirs["SERVER_NAME"],
+            theirs["SERVER_PORT"],
+        )
+
+
+def test_path_info_from_raw_path_bytes() -> None:
+    env = environ(path="/\ufffd\ufffd", raw_path=b"/%ff%fe", query_string=b"a=%20")
+    assert env["PATH_INFO"] == "/\xff\xfe"
+    assert env["RAW_URI"] == env["REQUEST_URI"] == "/%ff%fe?a=%20"
+    env = environ(path="/a/b", raw_path=b"/a%2Fb")
+    assert (env["PATH_INFO"], env["RAW_URI"]) == ("/a/b", "/a%2Fb")
+    env = environ(path="/caf\u00e9", raw_path=b"/caf%C3%A9")
+    assert env["PATH_INFO"] == "/caf\xc3\xa9"
+
+
+def test_without_raw_path_the_path_is_used() -> None:
+    env = environ(path="/caf\u00e9 x", raw_path=None, query_string=b"q=1")
+    assert env["PATH_INFO"] == "/caf\xc3\xa9 x"
+    assert env["RAW_URI"] == "/caf%C3%A9%20x?q=1"
+    scope = http_scope(path="/plain")
+    del scope["raw_path"]
+    env = WsgiToAsgiInstance(None).build_environ(scope, io.BytesIO())
+    assert (env["PATH_INFO"], env["RAW_URI"]) == ("/plain", "/plain")
+
+
+def test_a_path_rewritten_after_the_server_wins_over_raw_path() -> None:
+    env = environ(path="/rewritten", raw_path=b"/original")
+    assert env["PATH_INFO"] == "/rewritten"
+
+
+def test_absolute_form_target() -> None:
+    env = environ(path="http://evil/echo", raw_path=b"http://evil/echo", query_string=b"q=1")
+    assert (env["PATH_INFO"], env["QUERY_STRING"]) == ("/echo", "q=1")
+    assert env["RAW_URI"] == "http://evil/echo?q=1"
+    assert environ(path="http://evil", raw_path=b"http://evil")["PATH_INFO"] == "/"
+
+
+def test_root_path_is_stripped_from_the_decoded_path() -> None:
+    env = environ(path="/caf\u00e9/\ufffd", raw_path=b"/caf%C3%A9/%ff", root_path="/caf\u00e9")
+    assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/caf\xc3\xa9", "/\xff")
+
+
+def raw_environ(url: str, target: str) -> dict[str, Any]:
+    """``GET target`` written byte for byte on a socket; the app's environ as JSON."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    if b"transfer-encoding: chunked" in head.lower():
+        body = b"".join(body.split(b"\r\n")[1::2])
+    data: dict[str, Any] = json.loads(body)
+    return data
+
+
+def check_paths(url: str, prefix: str = "") -> None:
+    env = raw_environ(url, prefix + "/%ff%fe?x=1")
+    assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == (prefix, "/\xff\xfe")
+    assert env["RAW_URI"] == env["REQUEST_URI"] == prefix + "/%ff%fe?x=1"
+    env = raw_environ(url, prefix + "/caf%C3%A9/a%2Fb")
+    assert env["PATH_INFO"] == "/caf\xc3\xa9/a/b"
+    assert env["RAW_URI"] == prefix + "/caf%C3%A9/a%2Fb"
+    env = raw_environ(url, f"http://evil{prefix}/echo?q=1")
+    assert (env["SCRIPT_NAME"], env["PATH_INFO"], env["QUERY_STRING"]) == (prefix, "/echo", "q=1")
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_raw_paths_through_uvicorn(serve: Any, http: str) -> None:
+    with serve(WsgiToAsgi("apps:environ_json", workers=1), http=http) as server:
+        check_paths(server.url)
+
+
+def test_raw_paths_under_a_root_path(serve: Any) -> None:
+    app = WsgiToAsgi("apps:environ_json", workers=1)
+    with serve(app, http="h11", root_path="/dj") as server:
+        env = raw_environ(server.url, "/%ff?x=1")
+        # uvicorn puts its root_path in front of both path and raw_path.
+        assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/dj", "/\xff")
+        assert env["RAW_URI"] == "/dj/%ff?x=1"
+
+
+def test_raw_paths_through_hypercorn() -> None:
+    app = WsgiToAsgi("apps:environ_json", workers=1, health=True)
+    with hypercorn_thread(app, "asyncio") as url:
+
+        def up() -> bool:
+            try:
+                return httpx.get(url + "/-/readyz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, what="hypercorn")
+        check_paths(url)

@@ -4,6 +4,7 @@ through a real server on loopback."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -19,6 +20,10 @@ from support import free_port, wait_for
 ROOT = Path(__file__).parent.parent
 FLASK = "wsgipool serve --chdir examples/flask app:app --workers 2"
 DJANGO = "wsgipool serve --chdir examples/django mysite.wsgi:application --workers 2"
+DJANGO_SETUP = (
+    "python examples/django/manage.py migrate",
+    "python examples/django/manage.py collectstatic --noinput",
+)
 MIXED = "uvicorn --app-dir examples/mixed app:app"
 
 
@@ -27,16 +32,35 @@ def documented(command: str) -> bool:
     return any(command in path.read_text() for path in docs if path.exists())
 
 
+def script(command: str) -> list[str]:
+    """``command`` as argv, its first word this venv's script (or interpreter)."""
+    argv = shlex.split(command)
+    argv[0] = (
+        sys.executable if argv[0] == "python" else str(Path(sys.executable).with_name(argv[0]))
+    )
+    return argv
+
+
+def django_setup(data: Path) -> dict[str, str]:
+    """Run the README's set-up commands of the Django example; the environment they used."""
+    env = {"DJANGO_DATA_DIR": str(data)}
+    for command in DJANGO_SETUP:
+        assert documented(command), f"not in the README: {command}"
+        subprocess.run(script(command), cwd=ROOT, env={**os.environ, **env}, check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+    return env
+
+
 class Example:
     """A README command run from the repository root, listening on a free port."""
 
-    def __init__(self, command: str, log: Path) -> None:
+    def __init__(self, command: str, log: Path, **env: str) -> None:
         assert documented(command), f"not in the README: {command}"
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        argv = shlex.split(command)
-        argv[0] = str(Path(sys.executable).with_name(argv[0]))  # this venv's script
-        env = {**os.environ, "WSGIPOOL_BIND": f"127.0.0.1:{port}", "UVICORN_PORT": str(port)}
+        argv = script(command)
+        env.update(WSGIPOOL_BIND=f"127.0.0.1:{port}", UVICORN_PORT=str(port))
+        env = {**os.environ, **env}
         self.log = log
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=out)
@@ -71,8 +95,8 @@ class Example:
 def example(tmp_path: Path) -> Iterator[Callable[[str], Example]]:
     started: list[Example] = []
 
-    def start(command: str) -> Example:
-        started.append(Example(command, tmp_path / f"example-{len(started)}.log"))
+    def start(command: str, **env: str) -> Example:
+        started.append(Example(command, tmp_path / f"example-{len(started)}.log", **env))
         return started[-1]
 
     yield start
@@ -91,12 +115,23 @@ def test_flask_example(example: Callable[[str], Example]) -> None:
     assert served.proc.returncode == 0
 
 
-def test_django_example(example: Callable[[str], Example]) -> None:
-    served = example(DJANGO).ready("/-/readyz")
+def test_django_example(example: Callable[..., Example], tmp_path: Path) -> None:
+    served = example(DJANGO, **django_setup(tmp_path)).ready("/-/readyz")
     data = served.get("/").json()
     assert data["hello"] == "from Django"
     assert data["worker_pid"] != served.proc.pid
     assert served.get("/items/7/").json() == {"item": 7, "path": "/items/7/"}
+    login = served.get("/admin/login/")
+    assert login.status_code == 200
+    assert "csrfmiddlewaretoken" in login.text
+    # The admin's stylesheet, by the hashed name the page links to, from WhiteNoise.
+    css = re.search(r'href="(/static/admin/css/base\.[0-9a-f]+\.css)"', login.text)
+    assert css is not None, login.text
+    style = served.get(css[1])
+    assert style.status_code == 200
+    assert style.headers["content-type"].startswith("text/css")
+    assert "max-age=315360000" in style.headers["cache-control"]
+    assert served.get("/static/admin/css/base.css").status_code == 200
     served.stop()
     assert served.proc.returncode == 0
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import wsgipool
@@ -34,3 +36,25 @@ def test_asgiref_signatures() -> None:
 def test_every_option_is_in_readme() -> None:
     for field in dataclasses.fields(wsgipool.Config):
         assert f"`{field.name}`" in README, field.name
+
+
+def test_packaging_metadata() -> None:
+    root = Path(__file__).parent.parent
+    pyproject = (root / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in pyproject  # from wsgipool.__version__ alone
+    assert 'path = "src/wsgipool/__init__.py"' in pyproject
+    for name in ("Homepage", "Source", "Issues", "Changelog"):
+        assert f'{name} = "https://github.com/wsgipool/wsgipool' in pyproject
+    license_text = (root / "LICENSE").read_text()
+    assert license_text.startswith("MIT License")
+    assert "wsgipool developers" in license_text
+    changelog = (root / "CHANGELOG.md").read_text()
+    assert "## Unreleased" in changelog
+    assert f"## {wsgipool.__version__}" in changelog
+
+
+def test_version_command() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "wsgipool", "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    assert out == f"wsgipool {wsgipool.__version__}\n"

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -19,19 +20,25 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import __version__
 from ._config import (
     Config,
+    Rule,
     cli_flag,
     env_name,
     parse_bool,
+    parse_float,
+    parse_int,
+    parse_level,
     parse_names,
     parse_seconds,
     parse_size,
 )
 from ._errors import ConfigError
 from ._front import WsgiToAsgi
-from ._host import Listener, ServedApp, bind, configure_logging, parse_binds, server_name
+from ._host import Listener, ServedApp, bind, parse_binds, server_name
 from ._loader import label
+from ._logging import configure_cli
 from ._titles import front_title, set_title
 
 #: Exit statuses: bad usage or configuration; an address that cannot be bound; the app
@@ -49,6 +56,15 @@ class Option:
     parse: Callable[[str], Any] = str
     short: str = ""
     many: bool = False  # the flag may be repeated; the variable may list several
+    rule: Rule | None = None
+
+    def read(self, text: str) -> Any:
+        """Parse and check one value; a ValueError says ``must be ..., got ...``."""
+        value = self.parse(text)
+        problem = None if self.rule is None else self.rule.problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
 
 SERVER_OPTIONS = (
@@ -67,7 +83,7 @@ SERVER_OPTIONS = (
         "comma-separated proxy addresses whose X-Forwarded-* headers count ('*': any)",
     ),
     Option("access_log", True, "log one line per request", parse_bool),
-    Option("keep_alive", 5.0, "seconds an idle keep-alive connection stays open", float),
+    Option("keep_alive", 5.0, "seconds an idle keep-alive connection stays open", parse_float),
     Option(
         "reload", False, "development: rolling restart of the workers when a .py file under "
         "the working directory changes", parse_bool,
@@ -88,7 +104,9 @@ def all_options() -> list[Option]:
         default = None if f.default is dataclasses.MISSING else f.default  # None: computed
         default = SERVE_DEFAULTS.get(f.name, default)
         meta = f.metadata
-        options.append(Option(f.name, default, meta["help"], meta["parse"], meta["short"]))
+        options.append(
+            Option(f.name, default, meta["help"], meta["parse"], meta["short"], rule=meta["rule"])
+        )
     return [*options, *SERVER_OPTIONS]
 
 
@@ -105,7 +123,13 @@ def shown(value: Any) -> str:
 
 
 def metavar(option: Option) -> str:
-    kinds = {int: "N", float: "SECONDS", parse_seconds: "SECONDS", parse_size: "SIZE"}
+    kinds: dict[Callable[..., Any], str] = {
+        parse_int: "N",
+        parse_float: "SECONDS",
+        parse_seconds: "SECONDS",
+        parse_size: "SIZE",
+        parse_level: "LEVEL",
+    }
     return kinds.get(option.parse, option.name.upper())
 
 
@@ -124,12 +148,12 @@ class Many(argparse.Action):
         setattr(namespace, self.dest, values if previous is self.default else previous + values)
 
 
-def checked(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """``parse``, its error message shown by argparse as it is."""
+def checked(option: Option) -> Callable[[str], Any]:
+    """``option.read``, its error message shown by argparse as it is."""
 
     def parse_flag(text: str) -> Any:
         try:
-            return parse(text)
+            return option.read(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from exc
 
@@ -141,9 +165,9 @@ def add_option(parser: Any, option: Option, environ: Mapping[str, str]) -> None:
     default = option.default
     if env in environ:
         try:
-            default = option.parse(environ[env])
+            default = option.read(environ[env])
         except ValueError as exc:
-            raise ConfigError(f"{env}={environ[env]!r}: {exc}") from exc
+            raise ConfigError(f"{env} {exc}") from exc
     text = option.help if "default" in option.help else f"{option.help}; default: {shown(default)}"
     kwargs: dict[str, Any] = {"default": default, "help": f"{text} [{env}]".replace("%", "%%")}
     flags = [*([option.short] if option.short else []), cli_flag(option.name)]
@@ -151,18 +175,31 @@ def add_option(parser: Any, option: Option, environ: Mapping[str, str]) -> None:
         flags.append("--no-" + option.name.replace("_", "-"))
         kwargs.update(action=Switch, nargs=0)
     elif option.many:
-        kwargs.update(action=Many, type=checked(option.parse), metavar=metavar(option))
+        kwargs.update(action=Many, type=checked(option), metavar=metavar(option))
     else:
-        kwargs.update(type=checked(option.parse), metavar=metavar(option))
+        kwargs.update(type=checked(option), metavar=metavar(option))
     parser.add_argument(*flags, dest=option.name, **kwargs)
+
+
+#: argparse's ``argument -w/--workers: must be ...``, said as ``--workers must be ...``.
+_BAD_VALUE = re.compile(r"argument (?:-\w/)?(--[\w-]+): (must .*)", re.DOTALL)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with value errors that start with the flag they are about."""
+
+    def error(self, message: str) -> Any:
+        match = _BAD_VALUE.fullmatch(message)
+        super().error(f"{match[1]} {match[2]}" if match else message)
 
 
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     environ = os.environ if environ is None else environ
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="wsgipool", description="Serve a WSGI app from a pool of worker processes."
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"wsgipool {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     serve = commands.add_parser(
         "serve",
         help="serve a WSGI app on uvicorn",
@@ -180,9 +217,12 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
     if args.command is None:
         parser.error("choose a command: wsgipool serve MODULE:APP")
+    if unknown:  # said by the subcommand, whose usage lists the flags that do exist
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     return args
 
 
@@ -208,15 +248,15 @@ class Serving:
             sys.path.insert(0, folder)
         names = {f.name for f in dataclasses.fields(Config)}
         options = {k: v for k, v in vars(args).items() if k in names and v is not None}
+        configure_cli(args.log_level)
         self.app = WsgiToAsgi(args.app, **options)
-        configure_logging(args.log_level)
         self.listeners: list[Listener] = []
-        try:
-            for address in args.bind:
+        for address in args.bind:
+            try:
                 self.listeners.append(bind(address))
-        except OSError:
-            self.close()
-            raise
+            except OSError as exc:
+                self.close()
+                raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror}") from exc
         graceful = self.app.config.graceful_timeout
         self.served = ServedApp(self.app, self.banner(), args.reload)
         self.server = uvicorn.Server(
@@ -234,7 +274,7 @@ class Serving:
         where = ", ".join(listener.url for listener in self.listeners)
         extras = [name for name in ("health", "metrics", "status") if getattr(config, name)]
         text = f"serving {label(self.app.spec)} on {where} with {config.workers} workers"
-        text += f" ({server_name()})"
+        text += f" (wsgipool {__version__}, {server_name()})"
         return text + (f"; /-/ endpoints: {', '.join(extras)}" if extras else "")
 
     def run(self) -> int:
@@ -274,6 +314,14 @@ class Serving:
             listener.close()
 
 
+def flag_message(exc: ConfigError) -> str:
+    """``workers must be ...`` -> ``--workers must be ...``: on the command line, the flag."""
+    text = str(exc)
+    if exc.option and text.startswith(exc.option + " "):
+        return cli_flag(exc.option) + text[len(exc.option) :]
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``wsgipool ...``: the exit status (0 after a clean shutdown)."""
     try:
@@ -281,10 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help, or a usage error it has printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     except ConfigError as exc:
-        print(f"wsgipool: error: {exc}", file=sys.stderr)
+        print(f"wsgipool: error: {flag_message(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
-        print(f"wsgipool: error: cannot listen: {exc}", file=sys.stderr)
+        print(f"wsgipool: error: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_BIND
     return serving.run()
 

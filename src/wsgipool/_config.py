@@ -42,15 +42,40 @@ def parse_size(text: str | int | None) -> int | None:
         return None
     match = _SIZE.match(text)
     if match is None or match.group(2).lower() not in _UNITS:
-        raise ConfigError(f"not a size: {text!r} (use e.g. 512MiB, 2GB, 1048576)")
+        raise ConfigError(f"must be a size such as 512MiB, 2GB or 1048576, got {text!r}")
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def parse_int(text: str) -> int:
+    """``"4"`` -> 4, with a message for people instead of ``int()``'s."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"must be a whole number, got {text!r}") from None
+
+
+def parse_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"must be a number of seconds, got {text!r}") from None
 
 
 def parse_seconds(text: str) -> float | None:
     """``"30"`` -> 30.0; ``"none"``/``"off"`` -> None (no limit)."""
     if text.strip().lower() in ("none", "off"):
         return None
-    return float(text)
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"must be a number of seconds or none, got {text!r}") from None
+
+
+def parse_level(text: str) -> str:
+    """A logging level name, checked against :data:`LOG_LEVELS`."""
+    if text.strip().lower() not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return text.strip().lower()
 
 
 def parse_names(text: str) -> tuple[str, ...]:
@@ -64,7 +89,38 @@ def parse_bool(text: str) -> bool:
         return True
     if value in ("0", "false", "no", "off", ""):
         return False
-    raise ValueError(f"not a boolean: {text!r}")
+    raise ValueError(f"must be true or false, got {text!r}")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a valid value is, said as in ``workers must be at least 1, got 0``."""
+
+    text: str
+    ok: Callable[[Any], bool]
+
+    def problem(self, value: Any) -> str | None:
+        """``"must be at least 1, got 0"``, or None when ``value`` is valid."""
+        try:
+            valid = self.ok(value)
+        except (TypeError, AttributeError):  # e.g. a string given for a number
+            valid = False
+        return None if valid else f"must be {self.text}, got {value!r}"
+
+    def check(self, name: str, value: Any) -> None:
+        problem = self.problem(value)
+        if problem is not None:
+            raise ConfigError(f"{name} {problem}", option=name)
+
+
+AT_LEAST_0 = Rule("at least 0", lambda v: v >= 0)
+AT_LEAST_1 = Rule("at least 1", lambda v: v >= 1)
+POSITIVE = Rule("more than 0", lambda v: v > 0)
+POSITIVE_OR_NONE = Rule("more than 0, or none", lambda v: v is None or v > 0)
+LEVEL = Rule(f"one of {', '.join(LOG_LEVELS)}", lambda v: v.lower() in LOG_LEVELS)
+PATH = Rule("a path starting with '/'", lambda v: v.startswith("/"))
+AT_LEAST_0_OR_NONE = Rule("at least 0, or none", lambda v: v is None or v >= 0)
+APP_ERRORS = Rule("raise or respond", lambda v: v in ("raise", "respond"))
 
 
 def option(
@@ -73,9 +129,10 @@ def option(
     parse: Callable[[str], Any] = str,
     short: str = "",
     factory: Callable[[], Any] | None = None,
+    rule: Rule | None = None,
 ) -> Any:
-    """A config field with what the CLI and the environment need to read it."""
-    metadata = {"help": help, "parse": parse, "short": short}
+    """A config field with what the CLI and the environment need to read and check it."""
+    metadata = {"help": help, "parse": parse, "short": short, "rule": rule}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -96,29 +153,53 @@ class Config:
     workers: int = option(
         None,
         "worker processes (default: one per CPU)",
-        int,
+        parse_int,
         "-w",
         factory=lambda: default_workers(),
+        rule=AT_LEAST_1,
     )
     timeout: float | None = option(
         30.0,
         "seconds a worker may spend on one request before it is killed (504); none: off",
         parse_seconds,
         "-t",
+        rule=POSITIVE_OR_NONE,
+    )
+    startup_timeout: float = option(
+        60.0, "seconds a new worker may take to import the app", parse_float, rule=POSITIVE
     )
     abort_grace: float = option(
-        5.0, "seconds a worker gets to stop a response after its client went away", float
+        5.0,
+        "seconds a worker gets to stop a response after its client went away",
+        parse_float,
+        rule=POSITIVE,
     )
-    startup_timeout: float = option(60.0, "seconds a new worker may take to import the app", float)
     graceful_timeout: float | None = option(
-        30.0, "seconds in-flight requests get to finish at shutdown", parse_seconds
+        30.0,
+        "seconds in-flight requests get to finish at shutdown",
+        parse_seconds,
+        rule=POSITIVE_OR_NONE,
     )
-    backlog: int = option(1024, "requests that may wait for a free worker before 503", int)
+    backlog: int = option(
+        1024, "requests that may wait for a free worker before 503", parse_int, rule=AT_LEAST_0
+    )
     queue_timeout: float | None = option(
-        30.0, "seconds a request may wait for a free worker before 503; none: off", parse_seconds
+        30.0,
+        "seconds a request may wait for a free worker before 503; none: off",
+        parse_seconds,
+        rule=POSITIVE_OR_NONE,
     )
     max_body_size: int | None = option(
-        None, "largest request body accepted (413 above it), e.g. 10MiB; none: off", parse_size
+        None,
+        "largest request body accepted (413 above it), e.g. 10MiB; none: off",
+        parse_size,
+        rule=POSITIVE_OR_NONE,
+    )
+    max_requests: int = option(
+        0, "retire a worker after this many requests (0: never)", parse_int, rule=AT_LEAST_0
+    )
+    max_requests_jitter: int = option(
+        0, "random 0..N added to max_requests per worker", parse_int, rule=AT_LEAST_0
     )
     buffer_requests: bool = option(
         True,
@@ -130,53 +211,68 @@ class Config:
         "bytes of one response the front holds for a slow client, so its worker is free at "
         "once; past it the worker waits for the client; none: hold nothing",
         parse_size,
+        rule=AT_LEAST_0_OR_NONE,
     )
-    buffer_memory: int = option(
+    buffer_memory: int | None = option(
         32 * 1024**2,
         "bytes of bodies the front holds in memory across all requests; beyond it they go "
         "to unlinked temporary files",
         parse_size,
+        rule=AT_LEAST_0_OR_NONE,
     )
     buffer_dir: str | None = option(
         None, "directory of the temporary files (default: the system's temp dir)", str
     )
     client_timeout: float = option(
         30.0,
-        "seconds a client may go without sending a byte of its body, or taking a byte of the "
-        "response, before 408 or disconnect",
-        float,
+        "seconds a client may go without sending a byte of its body, or taking a byte of a "
+        "streamed response, before 408 or disconnect",
+        parse_float,
+        rule=POSITIVE,
     )
     min_client_rate: int = option(
         240,
-        "bytes/s a client must keep up, sending its body or reading the response, once "
+        "bytes/s a client must keep up, sending its body or reading a streamed response, once "
         "client_rate_grace has passed (0: no minimum)",
-        int,
+        parse_int,
+        rule=AT_LEAST_0,
     )
     client_rate_grace: float = option(
-        5.0, "seconds of a body or response before min_client_rate applies", float
+        5.0,
+        "seconds of a body or response before min_client_rate applies",
+        parse_float,
+        rule=AT_LEAST_0,
     )
     app_errors: str = option(
         "raise",
         "an exception of the app: raise it from the ASGI call, as asgiref does, so the "
         "server and ASGI middleware see it (raise), or log it and answer 500 (respond)",
         str,
+        rule=APP_ERRORS,
     )
-    max_requests: int = option(0, "retire a worker after this many requests (0: never)", int)
-    max_requests_jitter: int = option(0, "random 0..N added to max_requests per worker", int)
     max_lifetime: float | None = option(
-        None, "retire a worker after this many seconds; none: never", parse_seconds
+        None,
+        "retire a worker after this many seconds; none: never",
+        parse_seconds,
+        rule=POSITIVE_OR_NONE,
     )
-    max_lifetime_jitter: float = option(0.0, "random 0..N seconds added to max_lifetime", float)
+    max_lifetime_jitter: float = option(
+        0.0, "random 0..N seconds added to max_lifetime", parse_float, rule=AT_LEAST_0
+    )
     max_rss: int | None = option(
         None,
         "retire a worker whose resident memory exceeds this after a request, e.g. 512MiB",
         parse_size,
+        rule=POSITIVE_OR_NONE,
     )
     max_workers: int | None = option(
-        None, "grow up to this many workers while requests wait (default: workers)", int
+        None, "grow up to this many workers while requests wait (default: workers)", parse_int
     )
     idle_timeout: float = option(
-        60.0, "seconds a worker above `workers` may stay idle before it is retired", float
+        60.0,
+        "seconds a worker above `workers` may stay idle before it is retired",
+        parse_float,
+        rule=POSITIVE,
     )
     user: str | None = option(None, "run workers as this user (the front must be root)", str)
     group: str | None = option(None, "run workers with this group (the front must be root)", str)
@@ -190,9 +286,10 @@ class Config:
     )
     log_level: str = option(
         "info",
-        "log level (critical, error, warning, info, debug) of the workers and, "
-        "under `wsgipool serve`, of the front",
-        str,
+        f"log level ({', '.join(LOG_LEVELS)}) of the workers and of wsgipool's own lines "
+        "in the front",
+        parse_level,
+        rule=LEVEL,
     )
     health: bool = option(
         False, "answer /-/healthz (the front is up) and /-/readyz (a worker is ready)", parse_bool
@@ -200,47 +297,24 @@ class Config:
     metrics: bool = option(
         False, "serve Prometheus metrics at metrics_path (needs prometheus-client)", parse_bool
     )
-    metrics_path: str = option("/-/metrics", "path of the metrics", str)
+    metrics_path: str = option("/-/metrics", "path of the metrics", str, rule=PATH)
     status: bool = option(False, "serve a status page for people at /-/status", parse_bool)
 
     def __post_init__(self) -> None:
-        checks = {
-            "workers": self.workers >= 1,
-            "startup_timeout": self.startup_timeout > 0,
-            "backlog": self.backlog >= 0,
-            "max_requests": self.max_requests >= 0,
-            "max_requests_jitter": self.max_requests_jitter >= 0,
-        }
-        for name in ("timeout", "graceful_timeout", "queue_timeout"):
-            value = getattr(self, name)
-            checks[name] = value is None or value > 0
-        for name in ("max_body_size", "max_rss", "max_lifetime"):
-            value = getattr(self, name)
-            checks[name] = value is None or value > 0
-        checks["max_lifetime_jitter"] = self.max_lifetime_jitter >= 0
-        checks["idle_timeout"] = self.idle_timeout > 0
-        checks["abort_grace"] = self.abort_grace > 0
-        checks["buffer_memory"] = (self.buffer_memory or 0) >= 0
-        checks["max_response_buffer"] = (
-            self.max_response_buffer is None or self.max_response_buffer >= 0
-        )
-        checks["client_timeout"] = self.client_timeout > 0
-        checks["min_client_rate"] = self.min_client_rate >= 0
-        checks["client_rate_grace"] = self.client_rate_grace >= 0
-        checks["log_level"] = self.log_level.lower() in LOG_LEVELS
-        checks["app_errors"] = self.app_errors in ("raise", "respond")
-        checks["metrics_path"] = self.metrics_path.startswith("/")
+        for f in dataclasses.fields(self):
+            rule: Rule | None = f.metadata["rule"]
+            if rule is not None:
+                rule.check(f.name, getattr(self, f.name))
         if self.max_workers is None:
             object.__setattr__(self, "max_workers", self.workers)
-        checks["max_workers"] = self.max_workers is not None and self.max_workers >= self.workers
+        Rule(f"at least workers ({self.workers})", lambda v: v >= self.workers).check(
+            "max_workers", self.max_workers
+        )
         if isinstance(self.worker_env, (list, str)):
             names = self.worker_env
             object.__setattr__(
                 self, "worker_env", parse_names(names) if isinstance(names, str) else tuple(names)
             )
-        for name, ok in checks.items():
-            if not ok:
-                raise ConfigError(f"invalid {name}: {getattr(self, name)!r}")
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Config:
@@ -252,7 +326,10 @@ class Config:
         options = dict(options)
         for name in ("max_body_size", "max_rss", "buffer_memory", "max_response_buffer"):
             if isinstance(options.get(name), str):
-                options[name] = parse_size(options[name])
+                try:
+                    options[name] = parse_size(options[name])
+                except ConfigError as exc:
+                    raise ConfigError(f"{name} {exc}", option=name) from None
         try:
             return cls(**options)
         except TypeError as exc:

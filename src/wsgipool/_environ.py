@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import IO, Any
+from urllib.parse import quote, unquote_to_bytes
 
 from ._types import Environ, Scope
 
@@ -44,6 +45,38 @@ def split_root_path(path: str, root_path: str) -> tuple[str, str]:
     return root, path
 
 
+def _origin_form(target: str) -> str:
+    """``http://host/echo`` -> ``/echo``: an absolute-form target without its authority."""
+    start = target.find("://")
+    if start < 0:
+        return target  # "*" (OPTIONS *), or already a path
+    slash = target.find("/", start + 3)
+    return target[slash:] if slash >= 0 else "/"
+
+
+def request_path(scope: Scope) -> tuple[str, str]:
+    """``(path, raw URI without the query)``, both native strings.
+
+    The path comes from ``raw_path`` percent-decoded as bytes, as gunicorn decodes the
+    request line, so ``/%ff`` is ``"/\xff"`` and not U+FFFD. Should ``path`` no longer
+    match ``raw_path`` (a middleware rewrote it), ``path`` wins.
+    """
+    path: str = scope["path"]
+    if path[:1] != "/":
+        path = _origin_form(path)
+    raw: bytes | None = scope.get("raw_path")
+    if not raw:
+        return _native(path), quote(path, safe="/:@!$&'()*+,;=~")
+    raw_uri = raw.decode("latin-1")
+    target = raw_uri if raw_uri[:1] == "/" else _origin_form(raw_uri)
+    decoded = unquote_to_bytes(target).decode("latin-1") if "%" in target else target
+    if decoded == path:
+        return decoded, raw_uri
+    if not decoded.isascii() and decoded.encode("latin-1").decode("utf-8", "replace") == path:
+        return decoded, raw_uri
+    return _native(path), raw_uri
+
+
 def _split_host(host: str) -> tuple[str, str]:
     if host.startswith("["):  # [v6]:port
         end = host.find("]") + 1
@@ -56,9 +89,9 @@ def _split_host(host: str) -> tuple[str, str]:
 
 def _server(scope: Scope, headers: dict[str, str], scheme: str) -> tuple[str, str]:
     server = scope.get("server")
-    if server is not None and server[1] is not None:
-        return str(server[0]), str(server[1])
-    # No TCP address (a unix socket, or the server did not say): fall back on Host.
+    if server is not None:  # a unix socket is (path, None): port "0", as asgiref says
+        return str(server[0]), "0" if server[1] is None else str(server[1])
+    # The server did not say: fall back on Host.
     name, port = _split_host(headers.get("HTTP_HOST", ""))
     return name or "localhost", port or _DEFAULT_PORT.get(scheme, "80")
 
@@ -83,15 +116,19 @@ def cgi_environ(scope: Scope, duplicate_header_limit: int | None = 100) -> dict[
     if not headers.get("CONTENT_LENGTH", "x").strip():
         del headers["CONTENT_LENGTH"]  # an empty value means "absent", not "zero"
     scheme = scope.get("scheme", "http")
-    script_name, path_info = split_root_path(
-        _native(scope["path"]), _native(scope.get("root_path", ""))
-    )
+    path, raw_uri = request_path(scope)
+    script_name, path_info = split_root_path(path, _native(scope.get("root_path", "")))
     server_name, server_port = _server(scope, headers, scheme)
+    query = scope.get("query_string", b"").decode("latin-1")
+    if query:
+        raw_uri += "?" + query
     environ = {
         "REQUEST_METHOD": scope["method"],
         "SCRIPT_NAME": script_name,
         "PATH_INFO": path_info,
-        "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
+        "QUERY_STRING": query,
+        "RAW_URI": raw_uri,
+        "REQUEST_URI": raw_uri,
         "SERVER_PROTOCOL": "HTTP/{}".format(scope.get("http_version", "1.1")),
         "SERVER_NAME": server_name,
         "SERVER_PORT": server_port,

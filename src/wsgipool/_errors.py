@@ -24,6 +24,11 @@ class WsgiPoolError(Exception):
 class ConfigError(WsgiPoolError, ValueError):
     """An option or the app reference is invalid."""
 
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        #: The option at fault, so the CLI can name its flag instead.
+        self.option = option
+
 
 class AppLoadError(WsgiPoolError):
     """A worker failed to load the WSGI application; the message is the app's own error."""

@@ -18,6 +18,7 @@ from ._environ import TooManyHeadersError, cgi_environ, complete_environ
 from ._errors import AppLoadError, WorkerStartError
 from ._exchange import Exchange
 from ._loader import describe, label
+from ._logging import install_fallback
 from ._observe import observer_for
 from ._pool import Pool, PoolStats
 from ._spool import MemoryBudget
@@ -41,6 +42,7 @@ class WsgiToAsgi:
         self.wsgi_application = wsgi_application
         self.duplicate_header_limit = duplicate_header_limit
         self.config = Config.from_options(options)
+        install_fallback(self.config.log_level)  # visible lines even if the host sets none
         self.spec = describe(wsgi_application)
         self.pool = Pool(self.spec, self.config)
         self.budget = MemoryBudget(self.config.buffer_memory or 0)  # bodies held in memory

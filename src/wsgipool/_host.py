@@ -32,18 +32,6 @@ RELOAD_POLL = 1.0
 #: Pending connections the kernel queues per listening socket (uvicorn's default).
 LISTEN_BACKLOG = 2048
 _SKIP_DIRS = {"__pycache__", "node_modules", "site-packages"}
-#: The workers' format too, so the front's and the workers' lines read alike.
-LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
-
-
-def configure_logging(level: str) -> None:
-    """Log to stderr (unless the host configured logging) at ``level`` for wsgipool."""
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        root.addHandler(handler)
-    logging.getLogger("wsgipool").setLevel(level.upper())
 
 
 class Listener:

@@ -23,6 +23,7 @@ from typing import Any
 from ._environ import complete_environ
 from ._errors import AppLoadError
 from ._loader import label, load
+from ._logging import after_app_import, configure_worker
 from ._protocol import (
     END_FRAME,
     ERROR,
@@ -277,11 +278,8 @@ def main(argv: list[str] | None = None) -> None:
         os.setgid(options["gid"])
         os.setuid(options["uid"])
     sys.path[:] = options["sys_path"]
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=options.get("log_level", "INFO"),
-            format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
-        )
+    level = options.get("log_level", "INFO")
+    configure_worker(level)
     set_title(f"wsgipool: worker {options['worker_id']} [{label(options['app'])}]")
     os.environ["WSGIPOOL_WORKER_LOADING"] = "1"
     try:
@@ -290,6 +288,7 @@ def main(argv: list[str] | None = None) -> None:
         channel.send(pack(FAILED, str(exc), traceback.format_exc()))
         raise SystemExit(3) from None
     del os.environ["WSGIPOOL_WORKER_LOADING"]
+    after_app_import(level)  # a root handler only if the app's framework set up none
     if "fork_fd" in options:
         run_template(channel, app, options)
     channel.send(pack(READY, os.getpid()))

@@ -12,7 +12,7 @@ import io
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from ._types import Headers, OptExcInfo
@@ -40,26 +40,39 @@ def parse_status(status: object) -> int:
     return int(match.group(1))
 
 
+def _pair(item: object) -> tuple[object, object]:
+    """A header as the app gave it: any two-item sequence (tuple, list), as asgiref allows."""
+    if isinstance(item, (tuple, list)) and len(item) == 2:
+        return item[0], item[1]
+    if isinstance(item, Sequence) and not isinstance(item, (str, bytes)) and len(item) == 2:
+        return item[0], item[1]
+    raise TypeError(f"WSGI response header must be a (name, value) pair, got {item!r}")
+
+
 def encode_headers(headers: object) -> tuple[Headers, int | None]:
-    """Validate WSGI response headers; return them as latin-1 bytes and the Content-Length."""
+    """Validate WSGI response headers; return them as latin-1 bytes and the Content-Length.
+
+    Values lose their leading and trailing spaces and tabs: RFC 9110 optional whitespace
+    is not part of a field value, and strict servers (h11) refuse a value that starts with
+    one (Django writes ``Set-Cookie`` values with a leading space).
+    """
     if not isinstance(headers, list):
         raise TypeError(f"WSGI response headers must be a list, got {type(headers).__name__}")
     encoded: Headers = []
     content_length = None
     for item in headers:
-        if not (isinstance(item, tuple) and len(item) == 2):
-            raise TypeError(f"WSGI response header must be a (name, value) tuple, got {item!r}")
-        name, value = item
+        name, value = _pair(item)
         if not (isinstance(name, str) and _is_token(name)):
             raise ValueError(f"invalid response header name {name!r}")
         if not isinstance(value, str) or "\r" in value or "\n" in value or "\0" in value:
             raise ValueError(f"invalid value for response header {name!r}: {value!r}")
+        value = value.strip(" \t")
         try:
             pair = (name.lower().encode("latin-1"), value.encode("latin-1"))
         except UnicodeEncodeError as exc:
             raise ValueError(f"response header {name!r} is not latin-1: {value!r}") from exc
         if pair[0] == b"content-length":
-            if not value.strip().isdigit():
+            if not (value.isascii() and value.isdigit()):
                 raise ValueError(f"invalid Content-Length {value!r}")
             content_length = int(value)
         encoded.append(pair)

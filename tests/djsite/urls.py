@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
@@ -24,6 +25,11 @@ def stream(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse((f"chunk {i}\n" for i in range(3)), content_type="text/plain")
 
 
+def log(request: HttpRequest) -> HttpResponse:
+    logging.getLogger("django.views").warning("%s", request.GET["text"])
+    return HttpResponse("logged")
+
+
 def boom(request: HttpRequest) -> HttpResponse:
     raise RuntimeError("django view failed")
 
@@ -33,4 +39,5 @@ urlpatterns = [
     path("echo", echo),
     path("stream", stream),
     path("boom", boom),
+    path("log", log),
 ]
