@@ -347,15 +347,21 @@ async def test_crash_loop_backs_off_exponentially_without_lifespan(module_dir: P
     flag.touch()
     app = WsgiToAsgi(ref, workers=1)
     statuses = []
+    retry_after = set()
     try:
         with anyio.fail_after(15):
             begin = time.monotonic()
             while time.monotonic() - begin < 2:
-                statuses.append((await call_asgi(app))[0]["status"])
+                start = (await call_asgi(app))[0]
+                statuses.append(start["status"])
+                retry_after.add(dict(start["headers"]).get(b"retry-after"))
     finally:
         await app.aclose()
     tries = imports(counter)
-    assert set(statuses) == {500}
+    # Unavailable, not broken: 503 at once while backing off, with when to come back.
+    assert set(statuses) == {503}
+    assert None not in retry_after
+    assert all(int(value) >= 1 for value in retry_after)
     assert 3 <= len(tries) <= 8, f"{len(tries)} workers started in 2 s"
     assert app.stats().failures == len(tries)
     assert "flaky app refuses to load" in (app.stats().last_error or "")

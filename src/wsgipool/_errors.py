@@ -31,7 +31,16 @@ class ConfigError(WsgiPoolError, ValueError):
 
 
 class AppLoadError(WsgiPoolError):
-    """A worker failed to load the WSGI application; the message is the app's own error."""
+    """A worker failed to load the WSGI application; the message is the app's own error.
+
+    ``traceback`` is the app's traceback when the worker sent one; ``retry_after`` is how
+    many seconds the pool waits before it tries again (0: it tries at once).
+    """
+
+    def __init__(self, message: str, traceback: str = "", retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.traceback = traceback
+        self.retry_after = retry_after
 
 
 class PoolClosedError(WsgiPoolError):

@@ -14,6 +14,7 @@ runs the response with a task that feeds the worker and watches for the client l
 from __future__ import annotations
 
 import logging
+import math
 
 from . import _protocol as proto
 from ._client import BodyRefused, take_body
@@ -173,9 +174,10 @@ class Exchange:
         except (OverloadedError, PoolClosedError) as exc:
             log.warning("503 for %s: %s", self.request_line, exc)
             await self.respond(503, "Service Unavailable", (b"retry-after", b"1"))
-        except AppLoadError as exc:
-            log.error("500 for %s: the app could not be loaded: %s", self.request_line, exc)
-            await self.respond(500, "Internal Server Error")
+        except AppLoadError as exc:  # the pool logs each failed start-up once
+            log.debug("503 for %s: the app could not be loaded: %s", self.request_line, exc)
+            retry = str(max(1, math.ceil(exc.retry_after))).encode()
+            await self.respond(503, "Service Unavailable", (b"retry-after", retry))
         except WorkerStartError as exc:
             log.error("502 for %s: no worker could be started: %s", self.request_line, exc)
             await self.respond(502, "Bad Gateway")

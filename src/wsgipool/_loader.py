@@ -19,6 +19,7 @@ import importlib.util
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -138,6 +139,22 @@ def label(spec: AppSpec) -> str:
     if spec["kind"] == "main":
         return f"{os.path.basename(spec['path'])}:{spec['attr']}"
     return "<pickled app>"
+
+
+def app_traceback(exc: BaseException) -> str:
+    """The traceback of the app's own failure to import: the original exception, without
+    wsgipool's frames or the import machinery's, so the log shows the app's code only."""
+    cause = exc.__cause__ if isinstance(exc, AppLoadError) and exc.__cause__ else exc
+    here = os.path.dirname(os.path.abspath(__file__))
+    shown = traceback.TracebackException.from_exception(cause)
+    frames = [
+        frame
+        for frame in shown.stack
+        if not frame.filename.startswith((here, "<frozen importlib"))
+        and os.path.basename(os.path.dirname(frame.filename)) != "importlib"
+    ]
+    shown.stack = traceback.StackSummary.from_list(frames)
+    return "".join(shown.format())
 
 
 def load(spec: AppSpec) -> Callable[..., Any]:

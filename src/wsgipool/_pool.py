@@ -230,10 +230,11 @@ class Pool:
         self._next_id += 1
         return self._next_id - 1
 
-    async def _spawn(self) -> WorkerProcess:
+    async def _spawn(self, report: bool = True, replacing: int = 0) -> WorkerProcess:
         """Start one worker and wait until it is ready (counted in ``starting`` meanwhile).
 
-        Raises AppLoadError (the app's fault: backs off) or WorkerStartError (not: none).
+        Raises AppLoadError (the app's fault: backs off) or WorkerStartError (not: none);
+        ``report=False`` leaves logging a failure to the caller.
         """
         self.starting += 1
         worker_id = self._take_id()
@@ -251,20 +252,25 @@ class Pool:
                 raise WorkerStartError(f"worker {worker_id} did not start: {exc}") from exc
         except BaseException as exc:
             self.starting -= 1
-            if worker is not None:
-                self._set_state(worker, State.EXITING)
+            if worker is not None:  # one that sent its failure exits by itself
+                sent = isinstance(exc, AppLoadError) and bool(exc.traceback)
+                self._set_state(worker, State.EXITING, grace=KILL_GRACE if sent else 0)
             else:
                 self._free_ids.append(worker_id)
             if isinstance(exc, AppLoadError):
-                self._note_failure(exc)
+                self._note_failure(exc, report)
                 self._fail_waiters(exc)
-            elif isinstance(exc, WorkerError):
+            elif isinstance(exc, WorkerError) and report:
                 log.warning("%s", exc)
             raise
         self.starting -= 1
         self.failures = 0
         self._set_limits(worker)
-        log.info("worker %d started (pid %d)", worker.id, worker.pid)
+        if replacing:
+            log.info("worker %d started (pid %d), replacing worker %d", worker.id, worker.pid,
+                     replacing)  # fmt: skip
+        else:
+            log.info("worker %d started (pid %d)", worker.id, worker.pid)
         return worker
 
     async def _template(self) -> Template:
@@ -301,34 +307,54 @@ class Pool:
             lifetime = config.max_lifetime + _jitter(config.max_lifetime_jitter)
             worker.expires_at = worker.started_at + lifetime
 
-    def _fail_waiters(self, exc: Exception) -> None:
+    def _fail_waiters(self, exc: AppLoadError) -> None:
         """With no worker left to wait for, queued requests get the start-up error now."""
         if not (self.up or self.starting):
             self.waiters.wake_all(exc)
 
-    def _note_failure(self, exc: BaseException) -> None:
+    def _note_failure(self, exc: AppLoadError, report: bool) -> None:
+        """Back off; log the app's traceback once per distinct failure, a line otherwise."""
         self.failures += 1
-        self.last_error = str(exc)
         delay = min(0.1 * 2 ** (self.failures - 1), MAX_BACKOFF)
         self.backoff_until = time.monotonic() + delay
+        exc.retry_after = delay
+        repeated = str(exc) == self.last_error
+        self.last_error = str(exc)
+        if not report:
+            return
+        if exc.traceback and not repeated:
+            log.error("the app failed to import:\n%s", exc.traceback.rstrip())
         log.error("worker failed to start (%s); next attempt in %.1fs", exc, delay)
 
+    def unavailable(self) -> AppLoadError | None:
+        """While start-ups fail and no worker is up, the error to answer requests with at
+        once (503 with Retry-After), rather than queueing them until the back-off ends."""
+        if self.failures and not self.up and not self.starting:
+            left = self.backoff_until - time.monotonic()
+            if left > 0 and self.last_error is not None:
+                return AppLoadError(self.last_error, retry_after=left)
+        return None
+
     async def start(self) -> None:
-        """Start ``workers`` processes; if one cannot load the app, the start fails."""
+        """Start ``workers`` processes; if one cannot load the app, the start fails (the
+        error says why, with the app's traceback; nothing is retried)."""
         self.closing = False
         errors: list[Exception] = []
         async with anyio.create_task_group() as tg:
             for _ in range(self.target - self.size):
                 tg.start_soon(self.spawn_idle, errors)
         if errors:
-            raise errors[0]
+            first = errors[0]
+            if isinstance(first, AppLoadError) and first.traceback:
+                log.error("the app failed to import:\n%s", first.traceback.rstrip())
+            raise first
 
     async def spawn_idle(self, errors: list[Exception] | None = None) -> None:
         """Start a worker for the pool (not for a request); the supervisor's replacement."""
         if errors is None and self.size >= self.target:
             return  # a request started one meanwhile
         try:
-            self._offer(await self._spawn())
+            self._offer(await self._spawn(report=errors is None))
         except (AppLoadError, WorkerStartError) as exc:
             if errors is not None:
                 errors.append(exc)  # else: logged and backed off in _spawn
@@ -346,6 +372,9 @@ class Pool:
             if self.closing:
                 raise PoolClosedError("the server is shutting down")
             self.reap()
+            down = self.unavailable()
+            if down is not None:
+                raise down
             while self._idle:
                 worker = self._idle[-1]
                 if not worker.reader.broken:
@@ -498,10 +527,11 @@ class Pool:
         for old in sorted(self.workers, key=lambda w: w.id):
             if old.state not in (State.IDLE, State.BUSY):
                 continue
-            new = await self._spawn()
+            new = await self._spawn(replacing=old.id)
             self._offer(new)
             self.retire_after(old, "reload")
-        log.info("rolling restart done: %d workers", self.up - self._count(State.RETIRING))
+        log.info("rolling restart done: %d workers, all new",
+                 self.up - self._count(State.RETIRING))  # fmt: skip
 
     # -- shutdown -------------------------------------------------------------------
 

@@ -210,9 +210,7 @@ class WorkerProcess:
             raise AppLoadError(f"the app took longer than {timeout:g}s to import (startup_timeout)")
         first = frames[0]
         if isinstance(first, proto.Failed):
-            log.error("worker %d (pid %d) could not load the app:\n%s", self.id, self.pid,
-                      first.traceback)  # fmt: skip
-            raise AppLoadError(first.message)
+            raise AppLoadError(first.message, first.traceback)
         if not isinstance(first, proto.Ready):
             raise WorkerStartError(f"expected READY from worker {self.id}, got {first!r:.100}")
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from ._environ import complete_environ
 from ._errors import AppLoadError
-from ._loader import label, load
+from ._loader import app_traceback, label, load
 from ._logging import after_app_import, configure_worker
 from ._protocol import (
     END_FRAME,
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app = load(options["app"])
     except AppLoadError as exc:
-        channel.send(pack(FAILED, str(exc), traceback.format_exc()))
+        channel.send(pack(FAILED, str(exc), app_traceback(exc)))
         raise SystemExit(3) from None
     del os.environ["WSGIPOOL_WORKER_LOADING"]
     after_app_import(level)  # a root handler only if the app's framework set up none
