@@ -25,6 +25,13 @@ ATTACKS = {
     "slowloris": "slowloris (headers trickled, never finished)",
 }
 
+MODES = {  # how each server starts the successor, by replace.py's mode
+    ("wsgipool", "spawn"): "spawn (a new interpreter imports the app)",
+    ("wsgipool", "preload"): "`--preload`: fork of a template that imported it",
+    ("gunicorn", "spawn"): "fork of the arbiter, then import the app",
+    ("gunicorn", "preload"): "`--preload`: fork of the arbiter that imported it",
+}
+
 Target = tuple[str, str, str, bool | None]
 
 
@@ -44,7 +51,7 @@ def _row(
 
 
 def _smoke(data: dict[str, Any]) -> str:
-    return " (**smoke run**: not figures)" if data.get("smoke") else ""
+    return ", **smoke run**: not figures" if data.get("smoke") else ""
 
 
 # -- medians with failures ---------------------------------------------------------------
@@ -128,19 +135,20 @@ def replace_lines(data: dict[str, Any] | None = None) -> list[str]:
         f"a worker of a {data['workers']}-worker server serving `{data['app']}` is SIGKILLed "
         "while idle; the time runs from the kill until a request is answered by a new pid.",
         "",
-        "| server | mode | median | max | ÷ gunicorn, same mode (median) |",
+        "| server | workers start by | median | max | ÷ gunicorn, same mode (median) |",
         "|---|---|--:|--:|--:|",
     ]
     for cell in data["cells"]:
+        mode = MODES[cell["server"], cell["mode"]]
         if cell["failed"]:
-            lines.append(f"| {cell['server']} | {cell['mode']} | failed: {cell['failed'][:80]} |||")
+            lines.append(f"| {cell['server']} | {mode} | failed: {cell['failed'][:80]} |||")
             continue
         peer = _find(data, server="gunicorn", mode=cell["mode"])
         ratio = "-"
         if cell["server"] != "gunicorn" and peer and not peer["failed"] and peer["median_ms"]:
             ratio = f"{cell['median_ms'] / peer['median_ms']:.2f} x"
         lines.append(
-            f"| {cell['server']} | {cell['mode']} | {cell['median_ms']:.1f} ms "
+            f"| {cell['server']} | {mode} | {cell['median_ms']:.1f} ms "
             f"| {cell['max_ms']:.1f} ms | {ratio} |"
         )
     return [*lines, ""]
