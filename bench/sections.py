@@ -195,6 +195,8 @@ def slow_cell(cell: dict[str, Any], timeout_s: float) -> str:
         text += f" ({answered}/{len(probes)} answered: {', '.join(reasons)})"
     if cell.get("closed"):
         text += f" · {cell['closed']} of {cell['k']} attackers cut"
+    if cell.get("note"):
+        text += f" · {cell['note'][:60]}"
     return text
 
 
