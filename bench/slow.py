@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import select
+import selectors
 import socket
 import struct
 import sys
@@ -166,6 +166,7 @@ class Attack(threading.Thread):
         self.deadline = time.monotonic() + lasts
         self.ready, self.done = threading.Event(), threading.Event()
         self.socks: list[socket.socket] = []
+        self.selector = selectors.DefaultSelector()
         self.pending: dict[socket.socket, bytes] = {}
         self.opened = self.cut = 0
         self.error = ""
@@ -180,15 +181,17 @@ class Attack(threading.Thread):
         finally:
             self.ready.set()
         try:
-            tick = time.monotonic()
-            while not self.done.is_set() and time.monotonic() < self.deadline:
-                tick += TICK
+            tick = time.monotonic() + TICK  # the first piece went out with the request
+            while not self.done.is_set() and (now := time.monotonic()) < self.deadline:
+                if now >= tick:
+                    self._trickle()
+                    tick = tick + TICK if tick + TICK > now else now + TICK  # never a burst
                 self._watch(max(tick - time.monotonic(), 0))
-                self._trickle()
         finally:
             for sock in self.socks:
                 sock.close()
             self.socks.clear()
+            self.selector.close()
 
     def _open_all(self) -> None:
         until = time.monotonic() + OPEN_BUDGET
@@ -220,25 +223,32 @@ class Attack(threading.Thread):
                 sock.sendall(b"GET /big HTTP/1.1\r\n" + HOST + b"\r\n")
             elif self.kind == "idle":  # a whole exchange, then nothing: keep-alive idles
                 sock.sendall(b"GET /hello HTTP/1.1\r\n" + HOST + b"\r\n")
-                read_response(sock, time.monotonic() + timeout)
             else:  # slowloris: the request line, then headers a few bytes at a time
                 sock.sendall(b"GET /hello HTTP/1.1\r\n" + HOST)
                 self.pending[sock] = _trickle_headers()
             sock.setblocking(False)
             self._send(sock)  # the first byte at once: the request is under way
+            if self.kind != "read":  # a reader's socket is always readable: not watched
+                self.selector.register(sock, selectors.EVENT_READ)
         except BaseException:
             sock.close()
             raise
         return sock
 
     def _watch(self, timeout: float) -> None:
-        """Count connections the server closed or answered (a refusal, e.g. 408)."""
-        watched = [s for s in self.socks if self.kind != "read"]
-        readable = select.select(watched, [], [], timeout)[0] if watched else []
-        if not watched:
+        """Count connections the server closed, or answered before the request was whole
+        (a refusal such as 408); an idle connection's own response is read and dropped."""
+        if self.selector.get_map():
+            ready = [key.fileobj for key, _ in self.selector.select(timeout)]
+        else:
             self.done.wait(timeout)
+            ready = []
+        for sock in ready:
+            assert isinstance(sock, socket.socket)
+            if self.kind != "idle" or not _recv_some(sock):
+                self._drop(sock)
         for sock in list(self.socks):
-            if sock in readable or not _established(sock):
+            if not _established(sock):
                 self._drop(sock)
 
     def _trickle(self) -> None:
@@ -257,10 +267,23 @@ class Attack(threading.Thread):
             self.pending[sock] = data[sent:]
 
     def _drop(self, sock: socket.socket) -> None:
-        self.socks.remove(sock)
-        self.pending.pop(sock, None)
-        sock.close()
-        self.cut += 1
+        if sock in self.socks:
+            self.socks.remove(sock)
+            self.pending.pop(sock, None)
+            if self.kind != "read":
+                self.selector.unregister(sock)
+            sock.close()
+            self.cut += 1
+
+
+def _recv_some(sock: socket.socket) -> bool:
+    """Read what is there: False if the peer has closed."""
+    try:
+        return bool(sock.recv(65536))
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
 
 
 def _established(sock: socket.socket) -> bool:
