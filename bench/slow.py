@@ -141,6 +141,8 @@ def probe(port: int, timeout: float) -> float | str:
         return "refused"
     except OSError:
         return "reset"
+    except (ValueError, IndexError):
+        return "garbled"
     if status != 200:
         return str(status)
     return (time.monotonic() - began) * 1000
