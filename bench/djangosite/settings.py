@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bench.sitedata import TEMPLATES, database
+from bench.sitedata import TEMPLATES as TEMPLATE_DIR
+from bench.sitedata import database
 
 SECRET_KEY = "bench-only-not-secret"
 DEBUG = False
@@ -19,7 +20,7 @@ MIDDLEWARE = [
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [TEMPLATES],
+        "DIRS": [TEMPLATE_DIR],
         "APP_DIRS": False,
         "OPTIONS": {},
     }
