@@ -213,7 +213,9 @@ def markdown(cells: Sequence[Any], meta: dict[str, Any]) -> tuple[str, bool]:
         "Targets of the front-cost and slow-client issues: ratios to peers measured in the "
         "same run (2 workers each), so they hold on any machine; the rows below the "
         "throughput ratios come from `memory.py`, `replace.py` and `slow.py` when their "
-        "results are present.",
+        "results are present. They replace the earlier absolute goals (GB/s) and the ratios "
+        "to bare uvicorn and to a2wsgi for `cpu` (2 workers can at most double one thread); "
+        "the Results table still shows wsgipool's ratio to every contender.",
         "",
         "## Results",
         "",
