@@ -1,1 +1,2 @@
-"""Benchmark of wsgipool against in-process adapters and gunicorn (see ``run.py``)."""
+"""Benchmark of wsgipool against its peers: throughput and front cost (``run.py``), memory
+(``memory.py``), worker replacement (``replace.py``) and slow clients (``slow.py``)."""

@@ -6,13 +6,19 @@ Paths of the WSGI app:
 ``/cpu``     about 3 ms of pure-Python work that holds the GIL
 ``/stream``  10 MiB in 64 KiB chunks (``?mib=N`` for another size)
 ``/upload``  reads the request body in 64 KiB blocks and answers with its length
+``/big``     64 MiB in 64 KiB chunks: the response a slow reader never finishes (``slow.py``)
+``/pid``     the serving process's pid, so ``replace.py`` knows which worker to kill
 
 The factories at the bottom are what ``uvicorn --factory`` loads, so a wsgipool worker
-importing ``bench.app:app`` builds no adapter of its own.
+importing ``bench.app:app`` builds no adapter of its own. They wrap the WSGI app named by
+``BENCH_APP`` (``MODULE:ATTRIBUTE``, default this module's ``app``): ``run.py`` serves the
+Django and Flask sites through every contender that way.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -20,6 +26,7 @@ from typing import Any
 HELLO = b"Hello, world!"
 CHUNK = 64 * 1024
 MIB = 1024 * 1024
+BIG = 64 * MIB
 #: Loop count of ``/cpu``: about 3 ms on the reference machine (``cpu_ms()`` measures it).
 CPU_LOOPS = 17_000
 
@@ -74,6 +81,15 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
             "200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(size))]
         )
         return _stream(size)
+    if path == "/big":
+        start_response(
+            "200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(BIG))]
+        )
+        return _stream(BIG)
+    if path == "/pid":
+        body = b"%d" % os.getpid()
+        start_response("200 OK", [*_TEXT, ("Content-Length", str(len(body)))])
+        return [body]
     if path == "/upload":
         stream = environ["wsgi.input"]
         total = 0
@@ -103,6 +119,16 @@ async def asgi_hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
 # -- contenders, built by `uvicorn --factory bench.app:<name>` --------------------------
 
 
+def target() -> str:
+    """The WSGI app the contenders serve, as ``MODULE:ATTRIBUTE``."""
+    return os.environ.get("BENCH_APP", "bench.app:app")
+
+
+def load(spec: str) -> Any:
+    module, _, attribute = spec.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 def make_asgi() -> Any:
     return asgi_hello
 
@@ -110,18 +136,16 @@ def make_asgi() -> Any:
 def make_asgiref() -> Any:
     from asgiref.wsgi import WsgiToAsgi
 
-    return WsgiToAsgi(app)
+    return WsgiToAsgi(load(target()))
 
 
 def make_a2wsgi() -> Any:
     from a2wsgi import WSGIMiddleware
 
-    return WSGIMiddleware(app)
+    return WSGIMiddleware(load(target()))
 
 
 def make_wsgipool() -> Any:
-    import os
-
     from wsgipool import WsgiToAsgi
 
-    return WsgiToAsgi("bench.app:app", workers=int(os.environ.get("BENCH_WORKERS", "2")))
+    return WsgiToAsgi(target(), workers=int(os.environ.get("BENCH_WORKERS", "2")))

@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import CONTENDERS, RESULTS, children, proc_status, running  # noqa: E402
+from bench.procs import RESULTS, children, free_port, proc_status, serving  # noqa: E402
+from bench.run import APP, CONTENDERS, server_command  # noqa: E402
 
 MIB = 1024 * 1024
 TARGET_MIB = 50.0
@@ -120,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     size = args.size_mib * MIB
     contender = next(c for c in CONTENDERS if c.name == "wsgipool")
     log = Path("/tmp") / "wsgipool-bench-memory.log"
-    with running(contender, args.workers, log) as (pid, url):
-        port = int(url.rsplit(":", 1)[1])
+    port = free_port()
+    command = server_command(contender, port, args.workers, APP)
+    with serving(command, port, log, {"BENCH_WORKERS": str(args.workers)}) as (pid, _):
         upload(port, 32 * MIB)  # warm up: buffers of both paths reach their working size
         download(port, 32 * MIB, rate=1e12)
         sampler = Sampler(pid)

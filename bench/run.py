@@ -1,10 +1,12 @@
 """Load each contender with wrk on loopback, one at a time, and compare them with wsgipool.
 
-    python bench/run.py            # full run, ~8 s per cell, about 6 minutes
+    python bench/run.py            # full run, ~8 s per cell, about 8 minutes
     python bench/run.py --smoke    # 1 s per cell, to check that everything still runs
 
 Writes ``bench/results/latest.md``, ``latest.json`` and ``latest.png`` (the chart needs
 matplotlib). Needs wrk: ``apt-get install -y wrk``; Python deps: ``bench/requirements.txt``.
+The ``django`` and ``flask`` workloads serve ``bench/djangosite`` and ``bench/flasksite.py``
+(one server start per contender and app) from a SQLite file made in a temporary directory.
 """
 
 from __future__ import annotations
@@ -14,27 +16,47 @@ import dataclasses
 import json
 import os
 import platform
-import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import sitedata
+from bench.procs import (
+    RESULTS,
+    ROOT,
+    children,
+    cpu_snapshot,
+    free_port,
+    gunicorn_command,
+    have,
+    log_tail,
+    proc_status,
+    python,
+    serving,
+)
+
 LUA = ROOT / "bench" / "wrk.lua"
 MIB = 1024 * 1024
 BODY = 10 * MIB  # stream and upload size
+APP = "bench.app:app"
+SITES = {
+    "django": "bench.djangosite.wsgi:application",
+    "flask": "bench.flasksite:app",
+}
+
+
+def site(app: str) -> str:
+    """Short name of a served app: ``app`` for ``bench.app``, else its key in ``SITES``."""
+    return next((name for name, spec in SITES.items() if spec == app), "app")
 
 
 @dataclass(frozen=True)
@@ -44,6 +66,7 @@ class Workload:
     connections: int
     upload: int = 0  # request body bytes (POST) or 0
     payload: int = 0  # bytes that count for MB/s; 0: what wrk read
+    app: str = APP  # the WSGI app served, MODULE:ATTRIBUTE
 
 
 WORKLOADS = (
@@ -52,6 +75,8 @@ WORKLOADS = (
     Workload("cpu", "/cpu", 16),
     Workload("stream", "/stream", 16, payload=BODY),
     Workload("upload", "/upload", 16, upload=BODY, payload=BODY),
+    Workload("django", "/page", 16, app=SITES["django"]),
+    Workload("flask", "/page", 16, app=SITES["flask"]),
 )
 
 
@@ -59,7 +84,7 @@ WORKLOADS = (
 class Contender:
     name: str
     kind: str  # "uvicorn" (with factory) or "gunicorn"
-    target: str
+    target: str  # the uvicorn factory; gunicorn serves the workload's app itself
     note: str
     hello_only: bool = False
 
@@ -89,7 +114,7 @@ CONTENDERS = (
     Contender(
         "gunicorn",
         "gunicorn",
-        "bench.app:app",
+        APP,
         "gunicorn sync workers (no keep-alive), WORKERS workers",
     ),
     Contender(
@@ -116,161 +141,13 @@ class Cell:
     workers_cpu: float = 0.0
     wrk_cpu: float = 0.0
     others_cpu: float = 0.0  # CPU used by processes outside the benchmark (noise)
+    front_us: float = 0.0  # front CPU µs per request (gunicorn: its workers', see report)
+    workers_us: float = 0.0  # workers' CPU µs per request
     front_hwm_mib: float = 0.0
     worker_hwm_mib: float = 0.0  # the largest worker
+    app: str = APP
     failed: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
-
-
-# -- processes ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def have(module: str) -> bool:
-    try:
-        metadata.version(module)
-    except metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-def server_command(contender: Contender, port: int, workers: int) -> list[str]:
-    if contender.kind == "gunicorn":
-        return [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--workers",
-            str(workers),
-            "--worker-class",
-            "sync",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--log-level",
-            "warning",
-            contender.target,
-        ]
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        contender.target,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--loop",
-        "uvloop" if have("uvloop") else "auto",
-        "--http",
-        "httptools" if have("httptools") else "auto",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-    ]
-
-
-def children(pid: int) -> list[int]:
-    """Every descendant of ``pid``."""
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        parent = todo.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*/children"):
-            try:
-                kids = [int(p) for p in task.read_text().split()]
-            except OSError:
-                continue
-            found += kids
-            todo += kids
-    return found
-
-
-def proc_status(pid: int, key: str) -> float:
-    """A ``/proc/<pid>/status`` memory field in MiB (0 if the process is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_snapshot(pid: int) -> tuple[float, float, float, float]:
-    """CPU seconds of the server, its children, waited-for children of ours, the machine."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    busy = sum(int(v) for i, v in enumerate(fields[:8]) if i not in (3, 4))  # not idle/iowait
-    ours = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (
-        cpu_seconds(pid),
-        sum(cpu_seconds(kid) for kid in children(pid)),
-        ours.ru_utime + ours.ru_stime,
-        busy / os.sysconf("SC_CLK_TCK"),
-    )
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/hello", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"server did not answer within {timeout}s")
-
-
-@contextmanager
-def running(contender: Contender, workers: int, log: Path) -> Iterator[tuple[int, str]]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "BENCH_WORKERS": str(workers),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            server_command(contender, port, workers),
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc)
-        yield proc.pid, url
-    finally:
-        stop(proc)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (graceful), then SIGKILL whatever is left of the server's process group."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        with suppress(subprocess.TimeoutExpired):
-            proc.wait(15)
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
 
 
 # -- wrk ---------------------------------------------------------------------------------
@@ -302,10 +179,21 @@ def wrk(url: str, workload: Workload, seconds: float) -> dict[str, Any]:
     raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}{done.stderr}")
 
 
+def server_command(contender: Contender, port: int, workers: int, app: str) -> list[str]:
+    if contender.kind == "gunicorn":
+        return gunicorn_command(app, port, workers)
+    return python(
+        "-m", "uvicorn", "--factory", contender.target, "--host", "127.0.0.1",
+        "--port", str(port), "--loop", "uvloop" if have("uvloop") else "auto",
+        "--http", "httptools" if have("httptools") else "auto",
+        "--no-access-log", "--log-level", "warning",
+    )  # fmt: skip
+
+
 def measure(
-    pid: int, url: str, contender: str, workload: Workload, warmup: float, seconds: float
+    pid: int, url: str, contender: Contender, workload: Workload, warmup: float, seconds: float
 ) -> Cell:
-    cell = Cell(contender, workload.name)
+    cell = Cell(contender.name, workload.name, app=workload.app)
     if warmup:
         wrk(url, workload, warmup)
     cpu_before = cpu_snapshot(pid)
@@ -325,35 +213,59 @@ def measure(
     ]
     cell.front_cpu, cell.workers_cpu, cell.wrk_cpu = used[:3]
     cell.others_cpu = max(used[3] - sum(used[:3]), 0.0)
+    # CPU per request counts every answer, errors too: each cost the server its work.
+    answered = max(raw["requests"], 1)
+    front, workers = (cpu_after[i] - cpu_before[i] for i in (0, 1))
+    if contender.kind == "gunicorn":  # the arbiter only watches: its workers are the front
+        front = front + workers
+    cell.front_us, cell.workers_us = front / answered * 1e6, workers / answered * 1e6
     cell.front_hwm_mib = proc_status(pid, "VmHWM")
     cell.worker_hwm_mib = max([proc_status(kid, "VmHWM") for kid in children(pid)], default=0.0)
     return cell
 
 
 def run_contender(contender: Contender, args: argparse.Namespace, logs: Path) -> list[Cell]:
+    """Every chosen workload of one contender: one server per WSGI app served."""
     workloads = [
         w
         for w in WORKLOADS
-        if w.name in args.workloads and (not contender.hello_only or w.path == "/hello")
+        if w.name in args.workloads
+        and (not contender.hello_only or (w.path == "/hello" and w.app == APP))
     ]
     cells: list[Cell] = []
+    for app in dict.fromkeys(w.app for w in workloads):
+        group = [w for w in workloads if w.app == app]
+        log = logs / f"{contender.name}-{site(app)}.log"
+        cells += run_app(contender, app, group, args, log)
+    return cells
+
+
+def run_app(
+    contender: Contender, app: str, workloads: list[Workload], args: argparse.Namespace, log: Path
+) -> list[Cell]:
+    cells: list[Cell] = []
+    port = free_port()
+    command = server_command(contender, port, args.workers, app)
+    env = {"BENCH_WORKERS": str(args.workers), "BENCH_APP": app}
     try:
-        with running(contender, args.workers, logs / f"{contender.name}.log") as (pid, url):
+        with serving(command, port, log, env) as (pid, url):
             for workload in workloads:
                 print(f"  {contender.name:13} {workload.name:12}", end=" ", flush=True)
                 try:
-                    cell = measure(pid, url, contender.name, workload, args.warmup, args.duration)
+                    cell = measure(pid, url, contender, workload, args.warmup, args.duration)
                 except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError) as exc:
-                    cell = Cell(contender.name, workload.name, failed=str(exc)[:300])
+                    cell = Cell(contender.name, workload.name, app=app, failed=str(exc)[:300])
                 cells.append(cell)
                 print(summary_line(cell), flush=True)
     except RuntimeError as exc:
-        print(f"  {contender.name}: could not start: {exc}", flush=True)
+        print(f"  {contender.name} ({app}): could not start: {exc}", flush=True)
         cells += [
-            Cell(contender.name, w.name, failed=str(exc))
+            Cell(contender.name, w.name, app=app, failed=str(exc))
             for w in workloads
             if all(c.workload != w.name for c in cells)
         ]
+    if any(c.failed for c in cells):
+        print(log_tail(log), file=sys.stderr)
     return cells
 
 
@@ -378,7 +290,7 @@ def summary_line(cell: Cell) -> str:
         f"{cell.rps:9.0f} req/s {cell.mbps:8.1f} MB/s  p50 {cell.p50_ms:7.2f} ms  "
         f"p99 {cell.p99_ms:7.2f} ms  err {cell.errors}  cpu front {cell.front_cpu:3.0f}% "
         f"workers {cell.workers_cpu:3.0f}% wrk {cell.wrk_cpu:3.0f}% "
-        f"others {cell.others_cpu:3.0f}%"
+        f"others {cell.others_cpu:3.0f}%  front {cell.front_us:5.0f} µs/req"
     )
 
 
@@ -418,15 +330,14 @@ def main(argv: list[str] | None = None) -> int:
     best: dict[tuple[str, str], Cell] = {}
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="wsgipool-bench-") as tmp:
+        # Servers inherit the variable; the apps only read the file.
+        os.environ[sitedata.ENV] = str(sitedata.create(Path(tmp) / "site.sqlite3"))
         for round_ in range(args.repeat):
             if args.repeat > 1:
                 print(f"round {round_ + 1} of {args.repeat}", flush=True)
             for contender in chosen:
                 for cell in run_contender(contender, args, Path(tmp)):
                     keep(best, cell)
-                if any(c.failed for c in best.values() if c.contender == contender.name):
-                    log = Path(tmp) / f"{contender.name}.log"
-                    print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
     cells = list(best.values())
     meta = environment(args, chosen, time.monotonic() - began)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -459,6 +370,8 @@ def environment(
         "a2wsgi",
         "msgpack",
         "anyio",
+        "django",
+        "flask",
     ):
         try:
             versions[name] = metadata.version(name)
@@ -493,5 +406,4 @@ def cpu_model() -> str:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     sys.exit(main())

@@ -1,0 +1,1 @@
+"""The ``django`` workload: a one-app Django project (settings, a model, a view, a URL)."""
