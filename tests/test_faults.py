@@ -79,14 +79,25 @@ def test_other_requests_untouched_while_workers_crash(serve_each: Any) -> None:
     assert set(statuses) == {200}
 
 
-@pytest.mark.parametrize("how", ["huge", "kind", "msgpack", "shape"])
-def test_malformed_frames_kill_the_worker(serve_each: Any, how: str) -> None:
-    app = WsgiToAsgi("apps:corrupt", workers=1)
+@pytest.mark.parametrize("how", ["huge", "kind", "msgpack", "shape", "log", "headers"])
+def test_malformed_frames_kill_only_that_worker(
+    serve_each: Any, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = WsgiToAsgi("apps:corrupt", workers=2)
     with serve_each(app) as server, server.client() as client:
-        pid = app.stats().idle[0].pid
+        before = {w.pid for w in app.stats().idle}
         assert client.get("/", params={"how": how}).status_code == 502
-        wait_for(lambda: not pid_alive(pid))
+        wait_for(lambda: len(app.stats().idle) == 2, what="replacement idle")
+        after = {w.pid for w in app.stats().idle}
+        (killed,) = before - after
+        wait_for(lambda: not pid_alive(killed))
+        assert len(before & after) == 1  # the other worker was left alone
+        for _ in range(2):
+            response = client.get("/")
+            assert (response.status_code, response.text) == (200, "fine")
     assert app.stats().restarts == {"protocol error": 1}
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("wsgipool")]
+    assert any("protocol error" in line for line in logged), logged
 
 
 def test_timeout_is_504_and_kills_the_process_group(serve_each: Any, tmp_path: Path) -> None:
