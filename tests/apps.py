@@ -350,6 +350,13 @@ def env_probe(environ: Environ, start_response: Any) -> Iterable[bytes]:
     return [body.encode()]
 
 
+def modules(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """The serving process's pid, parent pid and every module it has imported."""
+    body = json.dumps({"pid": os.getpid(), "ppid": os.getppid(), "modules": sorted(sys.modules)})
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body.encode()]
+
+
 def supervised(environ: Environ, start_response: Any) -> Iterable[bytes]:
     """``/hang``: :func:`stream_then_hang`; ``/env``: :func:`env_probe`; else :func:`pid_sleep`."""
     path = environ.get("PATH_INFO", "")
