@@ -223,3 +223,31 @@ async def test_a_hand_off_ends_the_watch() -> None:
             queue.hand("w", pool.checkout)
     assert watch_ended == [True]
     assert [(w.worker, w.left) for w in results] == [("w", False)]
+
+
+@pytest.mark.parametrize("order", ["hand-then-leave", "leave-then-hand"])
+async def test_worker_handed_as_the_client_leaves_stays_with_the_waiter(order: str) -> None:
+    # The watch may return before the hand-off's cancel lands: the worker must still be
+    # on the waiter, for the pool to give back (``left``) or use.
+    queue = WaitQueue()
+    pool = Pool(queue)
+    client_gone = anyio.Event()
+    results: list[Waiter] = []
+
+    async def request() -> None:
+        results.append(await pool.wait(watch=client_gone.wait))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(request)
+            await queued(queue, 1)
+            if order == "hand-then-leave":
+                queue.hand("w", pool.checkout)
+                client_gone.set()
+            else:
+                client_gone.set()
+                queue.hand("w", pool.checkout)
+    (waiter,) = results
+    assert waiter.worker == "w"
+    assert pool.given_back == []  # wait() returned: the caller decides, by ``left``
+    assert len(queue) == 0
