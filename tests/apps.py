@@ -259,18 +259,24 @@ def _channel_fd() -> int:
     raise RuntimeError("no channel found")
 
 
+_CORRUPT = {
+    "huge": b"\x7f\xff\xff\xff\x02",  # a body frame claiming 2 GiB
+    "kind": b"\x00\x00\x00\x01\x63\x00",  # a frame kind that does not exist
+    "msgpack": b"\x00\x00\x00\x01\x0c\xc1",  # START with a byte msgpack never uses
+    "shape": b"\x00\x00\x00\x02\x0c\x92\x01",  # START [1] with a missing field
+    "log": b"\x00\x00\x00\x02\x0f\x91\x14",  # LOG [20]: the message is missing
+    "headers": b"\x00\x00\x00\x0b\x0c\x92\xcc\xc8\x91\x92\xa3x-a\xa1b",  # START, str header
+}
+
+
 def corrupt(environ: Environ, start_response: Any) -> Iterable[bytes]:
-    """Writes straight into the worker's channel, by ``?how=``."""
-    fd = _channel_fd()
+    """Writes a malformed frame straight into the worker's channel, by ``?how=``;
+    without ``how``, answers normally."""
     how = _q(environ, "how")
-    if how == "huge":
-        os.write(fd, b"\x7f\xff\xff\xff\x02")  # a body frame claiming 2 GiB
-    elif how == "kind":
-        os.write(fd, b"\x00\x00\x00\x01\x63\x00")  # a frame kind that does not exist
-    elif how == "msgpack":
-        os.write(fd, b"\x00\x00\x00\x01\x0c\xc1")  # START with a byte msgpack never uses
-    else:
-        os.write(fd, b"\x00\x00\x00\x02\x0c\x92\x01")  # START [1] with a missing field
+    if not how:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"fine"]
+    os.write(_channel_fd(), _CORRUPT[how])
     time.sleep(30)
     return []
 
@@ -340,6 +346,13 @@ def env_probe(environ: Environ, start_response: Any) -> Iterable[bytes]:
     """``?names=A,B``: those of the named environment variables this process has."""
     names = [name for name in _q(environ, "names").split(",") if name]
     body = json.dumps({name: os.environ[name] for name in names if name in os.environ})
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body.encode()]
+
+
+def modules(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """The serving process's pid, parent pid and every module it has imported."""
+    body = json.dumps({"pid": os.getpid(), "ppid": os.getppid(), "modules": sorted(sys.modules)})
     start_response("200 OK", [("Content-Type", "application/json")])
     return [body.encode()]
 

@@ -1,13 +1,13 @@
-"""Fixtures every test may use: both anyio backends, a real uvicorn on loopback, ASGI calls."""
+"""Fixtures every test may use: both anyio backends, real servers on loopback, ASGI calls."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from support import LiveServer
+from support import SERVERS, LiveServer, UvicornServer
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -15,13 +15,11 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def serve() -> Iterator[Any]:
-    """``with serve(app) as server:`` runs uvicorn for the duration of the block."""
+def _serving(factory: Callable[..., LiveServer]) -> Iterator[Callable[..., LiveServer]]:
     servers: list[LiveServer] = []
 
     def start(app: Any, **options: Any) -> LiveServer:
-        server = LiveServer(app, **options)
+        server = factory(app, **options)
         servers.append(server)
         return server
 
@@ -29,3 +27,15 @@ def serve() -> Iterator[Any]:
     for server in servers:
         if server.thread.is_alive():
             server.__exit__()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., LiveServer]]:
+    """``with serve(app) as server:`` runs uvicorn for the duration of the block."""
+    yield from _serving(UvicornServer)
+
+
+@pytest.fixture(params=list(SERVERS))
+def serve_each(request: pytest.FixtureRequest) -> Iterator[Callable[..., LiveServer]]:
+    """Like :func:`serve`, once with uvicorn (asyncio) and once with hypercorn on trio."""
+    yield from _serving(SERVERS[request.param])

@@ -1,4 +1,4 @@
-"""Process and timing helpers for tests that watch real worker processes."""
+"""Process, timing and server helpers for tests that watch real worker processes."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from typing import Any
 
 import anyio
 import httpx
-import uvicorn
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
@@ -33,7 +32,7 @@ def pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # ESRCH: it went between open and read
         return False
 
 
@@ -57,6 +56,138 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class LiveServer:
+    """An ASGI server serving ``app`` on 127.0.0.1 in a thread, with lifespan on.
+
+    ``with server:`` starts it and returns once the app's lifespan start-up completed;
+    leaving the block shuts it down (lifespan shutdown included) and joins the thread.
+    """
+
+    #: How the server is known in test ids.
+    name = ""
+
+    def __init__(self, app: Any) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self._run, name=f"{self.name}-server")
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _started(self) -> bool:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Begin shutting down (returns at once; in-flight requests may still finish)."""
+        raise NotImplementedError
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self._started():
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{self.name} did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self.thread.join(60)
+        self.sock.close()
+        assert not self.thread.is_alive(), f"{self.name} did not stop"
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        kwargs.setdefault("timeout", 30)
+        return httpx.Client(base_url=self.url, **kwargs)
+
+
+class UvicornServer(LiveServer):
+    """uvicorn (asyncio); ``options`` are ``uvicorn.Config``'s."""
+
+    name = "uvicorn"
+
+    def __init__(self, app: Any, **options: Any) -> None:
+        import uvicorn
+
+        super().__init__(app)
+        options.setdefault("log_level", "warning")
+        options.setdefault("lifespan", "on")
+        self.server = uvicorn.Server(uvicorn.Config(app, **options))
+
+    def _run(self) -> None:
+        self.server.run(sockets=[self.sock])
+
+    def _started(self) -> bool:
+        return bool(self.server.started)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+
+
+class HypercornServer(LiveServer):
+    """hypercorn's own ``serve`` for ``backend`` ("trio" or "asyncio").
+
+    hypercorn binds only after the lifespan start-up, so the app is wrapped to tell when
+    that completed; the socket already listens, so connections made from then on queue.
+    ``root_path`` is the one option (hypercorn's config of the same name).
+    """
+
+    name = "hypercorn"
+
+    def __init__(self, app: Any, backend: str = "trio", root_path: str = "") -> None:
+        from hypercorn.config import Config
+
+        super().__init__(app)
+        self.name = f"hypercorn-{backend}"
+        self.backend = backend
+        self.app = app
+        self.up = threading.Event()
+        self.down = threading.Event()
+        self.sock.listen()
+        self.config = Config()
+        self.config.bind = [f"fd://{self.sock.detach()}"]  # hypercorn owns (and closes) it
+        self.config.accesslog = None
+        self.config.root_path = root_path
+
+    async def _app(self, scope: Any, receive: Any, send: Any) -> None:
+        async def watch(message: Any) -> None:
+            await send(message)
+            if message["type"] == "lifespan.startup.complete":
+                self.up.set()
+
+        await self.app(scope, receive, watch if scope["type"] == "lifespan" else send)
+
+    async def _main(self) -> None:
+        if self.backend == "trio":
+            from hypercorn.trio import serve
+        else:
+            from hypercorn.asyncio import serve  # type: ignore[assignment]
+
+        async def stopped() -> None:
+            while not self.down.is_set():
+                await anyio.sleep(0.02)
+
+        await serve(self._app, self.config, shutdown_trigger=stopped)
+
+    def _run(self) -> None:
+        anyio.run(self._main, backend=self.backend)
+
+    def _started(self) -> bool:
+        return self.up.is_set()
+
+    def stop(self) -> None:
+        self.down.set()
+
+
+SERVERS: dict[str, Callable[..., LiveServer]] = {
+    "uvicorn": UvicornServer,
+    "hypercorn-trio": HypercornServer,
+}
 
 
 @contextlib.contextmanager
@@ -156,36 +287,3 @@ def host_command(host: str, module: str, port: int) -> list[str]:
             "--workers", "1", module,
         ]  # fmt: skip
     raise ValueError(host)
-
-
-class LiveServer:
-    """A uvicorn serving ``app`` on 127.0.0.1 in a thread, with lifespan on."""
-
-    def __init__(self, app: Any, **options: Any) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        options.setdefault("log_level", "warning")
-        options.setdefault("lifespan", "on")
-        self.config = uvicorn.Config(app, **options)
-        self.server = uvicorn.Server(self.config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(60)
-        self.sock.close()
-
-    def client(self, **kwargs: Any) -> httpx.Client:
-        kwargs.setdefault("timeout", 30)
-        return httpx.Client(base_url=self.url, **kwargs)

@@ -12,12 +12,11 @@ import httpx
 import pytest
 
 from support import (
+    HypercornServer,
     ServerProcess,
     free_port,
     host_command,
-    hypercorn_thread,
     python_env,
-    wait_for,
 )
 from wsgipool import WsgiToAsgi
 
@@ -45,16 +44,8 @@ def test_uvicorn(serve: Any) -> None:
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_hypercorn(backend: str) -> None:
     app = WsgiToAsgi("apps:environ_json", workers=1, health=True)
-    with hypercorn_thread(app, backend) as url:
-
-        def up() -> bool:
-            try:
-                return httpx.get(url + "/-/readyz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, what=f"hypercorn ({backend})")
-        check_served(url)
+    with HypercornServer(app, backend) as server:
+        check_served(server.url)
 
 
 def test_granian(tmp_path: Path) -> None:

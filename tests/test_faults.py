@@ -1,4 +1,5 @@
-"""Crashes, hangs and broken workers: the request in question fails cleanly, nothing else."""
+"""Crashes, hangs and broken workers: the request in question fails cleanly, nothing else
+(each through uvicorn on asyncio and hypercorn on trio)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from wsgipool import WsgiToAsgi
 
 
 @pytest.mark.parametrize("how", ["sigkill", "exit", "segfault"])
-def test_worker_death_before_headers_is_502_and_replaced(serve: Any, how: str) -> None:
+def test_worker_death_before_headers_is_502_and_replaced(serve_each: Any, how: str) -> None:
     app = WsgiToAsgi("apps:fail", workers=2)
-    with serve(app) as server, server.client() as client:
+    with serve_each(app) as server, server.client() as client:
         before = {w.pid for w in app.stats().idle}
         response = client.get("/", params={"how": how})
         assert response.status_code == 502
@@ -30,15 +31,15 @@ def test_worker_death_before_headers_is_502_and_replaced(serve: Any, how: str) -
     assert app.stats().restarts == {"crashed": 1}
 
 
-def test_worker_death_midway_cuts_response_off(serve: Any) -> None:
+def test_worker_death_midway_cuts_response_off(serve_each: Any) -> None:
     app = WsgiToAsgi("apps:fail", workers=1)
-    with serve(app) as server, server.client() as client:
+    with serve_each(app) as server, server.client() as client:
         with pytest.raises(httpx.RemoteProtocolError):
             client.get("/", params={"how": "crash-midway"})
         assert client.get("/", params={"how": "raise"}).status_code == 500
 
 
-def test_other_requests_untouched_while_workers_crash(serve: Any) -> None:
+def test_other_requests_untouched_while_workers_crash(serve_each: Any) -> None:
     crash = WsgiToAsgi("apps:fail", workers=1)
     hello = WsgiToAsgi("apps:hello", workers=1)
 
@@ -59,7 +60,7 @@ def test_other_requests_untouched_while_workers_crash(serve: Any) -> None:
         await send({"type": "lifespan.shutdown.complete"})
 
     statuses: list[int] = []
-    with serve(router) as server:
+    with serve_each(router) as server:
         stop = threading.Event()
 
         def load() -> None:
@@ -78,20 +79,31 @@ def test_other_requests_untouched_while_workers_crash(serve: Any) -> None:
     assert set(statuses) == {200}
 
 
-@pytest.mark.parametrize("how", ["huge", "kind", "msgpack", "shape"])
-def test_malformed_frames_kill_the_worker(serve: Any, how: str) -> None:
-    app = WsgiToAsgi("apps:corrupt", workers=1)
-    with serve(app) as server, server.client() as client:
-        pid = app.stats().idle[0].pid
+@pytest.mark.parametrize("how", ["huge", "kind", "msgpack", "shape", "log", "headers"])
+def test_malformed_frames_kill_only_that_worker(
+    serve_each: Any, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = WsgiToAsgi("apps:corrupt", workers=2)
+    with serve_each(app) as server, server.client() as client:
+        before = {w.pid for w in app.stats().idle}
         assert client.get("/", params={"how": how}).status_code == 502
-        wait_for(lambda: not pid_alive(pid))
+        wait_for(lambda: len(app.stats().idle) == 2, what="replacement idle")
+        after = {w.pid for w in app.stats().idle}
+        (killed,) = before - after
+        wait_for(lambda: not pid_alive(killed))
+        assert len(before & after) == 1  # the other worker was left alone
+        for _ in range(2):
+            response = client.get("/")
+            assert (response.status_code, response.text) == (200, "fine")
     assert app.stats().restarts == {"protocol error": 1}
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("wsgipool")]
+    assert any("protocol error" in line for line in logged), logged
 
 
-def test_timeout_is_504_and_kills_the_process_group(serve: Any, tmp_path: Path) -> None:
+def test_timeout_is_504_and_kills_the_process_group(serve_each: Any, tmp_path: Path) -> None:
     pidfile = tmp_path / "grandchild"
     app = WsgiToAsgi("apps:spawner", workers=1, timeout=1)
-    with serve(app) as server, server.client() as client:
+    with serve_each(app) as server, server.client() as client:
         worker_pid = app.stats().idle[0].pid
         started = time.monotonic()
         response = client.get("/", params={"pidfile": str(pidfile)})
@@ -103,9 +115,9 @@ def test_timeout_is_504_and_kills_the_process_group(serve: Any, tmp_path: Path) 
     assert app.stats().restarts == {"timeout": 1}
 
 
-def test_no_workers_left_after_shutdown(serve: Any) -> None:
+def test_no_workers_left_after_shutdown(serve_each: Any) -> None:
     app = WsgiToAsgi("apps:hello", workers=3)
-    with serve(app) as server, server.client() as client:
+    with serve_each(app) as server, server.client() as client:
         assert client.get("/").status_code == 200
         pids = {w.pid for w in app.stats().idle} | {w.pid for w in app.stats().busy}
         assert len(pids) == 3

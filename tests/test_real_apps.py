@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from support import (
-    LiveServer,
     ServerProcess,
+    UvicornServer,
     free_port,
     host_command,
     hypercorn_thread,
@@ -95,7 +95,7 @@ def served(host: str, tmp_path: Path, data: Path) -> Iterator[str]:
         return
     app = WsgiToAsgi(APP, workers=1, health=True)
     if host.startswith("uvicorn"):
-        with LiveServer(app, http=host.partition("-")[2]) as server:
+        with UvicornServer(app, http=host.partition("-")[2]) as server:
             yield ready(server.url)
     else:
         with hypercorn_thread(app, host.partition("-")[2]) as url:

@@ -1,6 +1,6 @@
-"""Supervision through a real uvicorn and real worker processes: timeouts, recycling,
-respawn and back-off, overload, body limits, abort grace, privilege drop, shutdown,
-rolling restart and dynamic pool size.
+"""Supervision through a real server (uvicorn on asyncio, hypercorn on trio) and real
+worker processes: timeouts, recycling, respawn and back-off, overload, body limits, abort
+grace, privilege drop, shutdown, rolling restart and dynamic pool size.
 
 Workers are observed by pid: ``apps:supervised`` answers ``os.getpid()`` (body and
 ``X-Worker-Pid``), and ``pool.restarts`` counts replacements by reason.
@@ -199,9 +199,9 @@ def with_reload_route(app: WsgiToAsgi) -> Any:
 # -- timeout --------------------------------------------------------------------------
 
 
-def test_timeout_cuts_off_a_started_response_and_spares_other_workers(serve: Any) -> None:
+def test_timeout_cuts_off_a_started_response_and_spares_other_workers(serve_each: Any) -> None:
     app = WsgiToAsgi(APP, workers=2, timeout=1)
-    with serve(app) as server, server.client() as client:
+    with serve_each(app) as server, server.client() as client:
         with client.stream("GET", "/hang") as response:
             assert response.status_code == 200
             hung = int(response.headers["x-worker-pid"])
@@ -225,9 +225,9 @@ def test_timeout_cuts_off_a_started_response_and_spares_other_workers(serve: Any
 # -- recycling ------------------------------------------------------------------------
 
 
-def test_max_requests_recycles_with_jitter_and_no_failed_request(serve: Any) -> None:
+def test_max_requests_recycles_with_jitter_and_no_failed_request(serve_each: Any) -> None:
     app = WsgiToAsgi(APP, workers=2, max_requests=3, max_requests_jitter=2)
-    with serve(app) as server:
+    with serve_each(app) as server:
         with Load(server.url, "/?s=0.01", clients=3, count=15) as load:
             load.join()
         assert load.statuses == {200: 45}
@@ -240,9 +240,9 @@ def test_max_requests_recycles_with_jitter_and_no_failed_request(serve: Any) -> 
     assert app.stats().restarts == {"max_requests": len(retired)}
 
 
-def test_replacement_starts_while_the_last_request_runs(serve: Any) -> None:
+def test_replacement_starts_while_the_last_request_runs(serve_each: Any) -> None:
     app = WsgiToAsgi(APP, workers=1, max_requests=2)
-    with serve(app) as server, server.client() as client:
+    with serve_each(app) as server, server.client() as client:
         first = int(client.get("/").text)
         last = Background(lambda: get(server.url, s=1))
         eventually(lambda: app.stats().busy, what="last request running")
@@ -256,9 +256,9 @@ def test_replacement_starts_while_the_last_request_runs(serve: Any) -> None:
     assert app.stats().restarts == {"max_requests": 1}
 
 
-def test_max_lifetime_retires_busy_and_idle_workers(serve: Any) -> None:
+def test_max_lifetime_retires_busy_and_idle_workers(serve_each: Any) -> None:
     app = WsgiToAsgi(APP, workers=1, max_lifetime=0.5, max_lifetime_jitter=0.2)
-    with serve(app) as server, server.client() as client:
+    with serve_each(app) as server, server.client() as client:
         seen: list[int] = []
         deadline = time.monotonic() + 15
         while len(set(seen)) < 3 and time.monotonic() < deadline:
@@ -275,9 +275,9 @@ def test_max_lifetime_retires_busy_and_idle_workers(serve: Any) -> None:
     assert app.stats().restarts["max_lifetime"] >= 3
 
 
-def test_max_rss_retires_a_worker_that_grew(serve: Any) -> None:
+def test_max_rss_retires_a_worker_that_grew(serve_each: Any) -> None:
     app = WsgiToAsgi(APP, workers=1, max_rss="96MiB")
-    with serve(app) as server, server.client() as client:
+    with serve_each(app) as server, server.client() as client:
         first = int(client.get("/", params={"mib": 4}).text)
         assert int(client.get("/").text) == first  # still under the limit
         response = client.get("/", params={"mib": 128})
@@ -290,9 +290,9 @@ def test_max_rss_retires_a_worker_that_grew(serve: Any) -> None:
 # -- respawn and back-off -------------------------------------------------------------
 
 
-def test_dead_worker_is_replaced_at_once(serve: Any) -> None:
+def test_dead_worker_is_replaced_at_once(serve_each: Any) -> None:
     app = WsgiToAsgi(APP, workers=2)
-    with serve(app) as server, server.client() as client:
+    with serve_each(app) as server, server.client() as client:
         victim, survivor = sorted(idle_pids(app))
         os.kill(victim, signal.SIGKILL)
         started = time.monotonic()
@@ -303,6 +303,7 @@ def test_dead_worker_is_replaced_at_once(serve: Any) -> None:
     assert app.stats().restarts == {"died": 1}
 
 
+# uvicorn only: it asserts how uvicorn reports a failed lifespan start-up (exit code 3).
 def test_import_error_fails_startup_with_the_apps_own_error(module_dir: Path) -> None:
     ref, flag, counter = flaky_app(module_dir, "broken_at_startup")
     flag.touch()
@@ -340,7 +341,6 @@ def test_import_error_fails_startup_with_the_apps_own_error(module_dir: Path) ->
     assert len(imports(counter)) == 2  # one try per worker: no retry storm at start-up
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.anyio
 async def test_crash_loop_backs_off_exponentially_without_lifespan(module_dir: Path) -> None:
     ref, flag, counter = flaky_app(module_dir, "crash_loop")
@@ -370,7 +370,6 @@ async def test_crash_loop_backs_off_exponentially_without_lifespan(module_dir: P
     assert app.stats().backoff_until > tries[-1]
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.anyio
 async def test_concurrent_requests_during_a_crash_loop_are_answered_promptly(
     module_dir: Path,
@@ -410,7 +409,6 @@ def app(environ, start_response):
 """
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.anyio
 async def test_worker_killed_while_starting_is_not_blamed_on_the_app(module_dir: Path) -> None:
     # The app is fine; its worker was killed from outside while importing it. That is
@@ -438,10 +436,10 @@ async def test_worker_killed_while_starting_is_not_blamed_on_the_app(module_dir:
     assert answer[0]["status"] in (200, 502, 503), answer[1]["body"]
 
 
-def test_supervisor_backs_off_then_recovers(serve: Any, module_dir: Path) -> None:
+def test_supervisor_backs_off_then_recovers(serve_each: Any, module_dir: Path) -> None:
     ref, flag, counter = flaky_app(module_dir, "relapse")
     app = WsgiToAsgi(ref, workers=1)
-    with serve(app) as server, server.client() as client:
+    with serve_each(app) as server, server.client() as client:
         (first,) = idle_pids(app)
         flag.touch()
         os.kill(first, signal.SIGKILL)
@@ -461,7 +459,6 @@ def test_supervisor_backs_off_then_recovers(serve: Any, module_dir: Path) -> Non
     assert app.stats().restarts == {"died": 1}
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.anyio
 async def test_supervisor_and_a_request_together_start_no_more_than_max_workers() -> None:
     # The supervisor decides a worker is missing and schedules its start; a request that
@@ -487,9 +484,9 @@ async def test_supervisor_and_a_request_together_start_no_more_than_max_workers(
 # -- overload -------------------------------------------------------------------------
 
 
-def test_full_backlog_is_503_at_once_without_touching_a_worker(serve: Any) -> None:
+def test_full_backlog_is_503_at_once_without_touching_a_worker(serve_each: Any) -> None:
     app = WsgiToAsgi(APP, workers=1, backlog=1)
-    with serve(app) as server, server.client() as client:
+    with serve_each(app) as server, server.client() as client:
         busy = Background(lambda: get(server.url, s=1.5))
         eventually(lambda: app.stats().busy, what="worker busy")
         queued = Background(lambda: get(server.url))
@@ -507,9 +504,9 @@ def test_full_backlog_is_503_at_once_without_touching_a_worker(serve: Any) -> No
     assert app.stats().restarts == {}
 
 
-def test_queue_timeout_is_503_with_retry_after(serve: Any) -> None:
+def test_queue_timeout_is_503_with_retry_after(serve_each: Any) -> None:
     app = WsgiToAsgi(APP, workers=1, queue_timeout=0.3)
-    with serve(app) as server, server.client() as client:
+    with serve_each(app) as server, server.client() as client:
         busy = Background(lambda: get(server.url, s=1.5))
         eventually(lambda: app.stats().busy, what="worker busy")
         started = time.monotonic()
@@ -525,10 +522,10 @@ def test_queue_timeout_is_503_with_retry_after(serve: Any) -> None:
     assert app.stats().restarts == {}
 
 
-def test_client_leaving_the_queue_is_forgotten(serve: Any, tmp_path: Path) -> None:
+def test_client_leaving_the_queue_is_forgotten(serve_each: Any, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     app = WsgiToAsgi(APP, workers=1)
-    with serve(app) as server, server.client() as client:
+    with serve_each(app) as server, server.client() as client:
         busy = Background(lambda: get(server.url, s=2))
         eventually(lambda: app.stats().busy, what="worker busy")
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
@@ -547,14 +544,14 @@ def test_client_leaving_the_queue_is_forgotten(serve: Any, tmp_path: Path) -> No
 # -- request body limit ---------------------------------------------------------------
 
 
-def test_body_over_max_body_size_is_413_and_the_worker_is_free(serve: Any) -> None:
+def test_body_over_max_body_size_is_413_and_the_worker_is_free(serve_each: Any) -> None:
     def chunks() -> Iterator[bytes]:
         for _ in range(5):
             yield b"c" * 400
             time.sleep(0.05)
 
     app = WsgiToAsgi("apps:echo", workers=1, max_body_size=1000)
-    with serve(app) as server, server.client() as client:
+    with serve_each(app) as server, server.client() as client:
         (worker,) = app.stats().idle
         response = client.post("/", content=b"x" * 2000)  # Content-Length: refused up front
         assert response.status_code == 413
@@ -565,6 +562,7 @@ def test_body_over_max_body_size_is_413_and_the_worker_is_free(serve: Any) -> No
         response = client.post("/", content=b"y" * 1000)
         assert time.monotonic() - started < 2
         assert (response.status_code, response.content) == (200, b"y" * 1000)
+        eventually(lambda: app.stats().idle, what="worker idle again")
         assert [w.pid for w in app.stats().idle] == [worker.pid]
     assert app.stats().restarts == {}
 
@@ -573,10 +571,10 @@ def test_body_over_max_body_size_is_413_and_the_worker_is_free(serve: Any) -> No
 
 
 def test_worker_deaf_to_an_abort_is_killed_after_the_grace(
-    serve: Any,
+    serve_each: Any,
 ) -> None:
     app = WsgiToAsgi(APP, workers=1, abort_grace=0.5)  # timeout stays 30 s: the grace applies
-    with serve(app) as server:
+    with serve_each(app) as server:
         with server.client() as client, client.stream("GET", "/hang") as response:
             stuck = int(response.headers["x-worker-pid"])
             assert next(response.iter_raw()) == b"first\n"
@@ -617,7 +615,7 @@ def public_module_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 @pytest.mark.parametrize("group", [None, "daemon"])
 def test_workers_drop_to_the_configured_user_before_import(
-    serve: Any, public_module_dir: Path, group: str | None
+    serve_each: Any, public_module_dir: Path, group: str | None
 ) -> None:
     # The app imports nothing new: the interpreter's own files may not be readable by
     # "nobody" (e.g. a Python installed under /root).
@@ -625,7 +623,7 @@ def test_workers_drop_to_the_configured_user_before_import(
     (public_module_dir / f"ids_{group}.py").chmod(0o644)
     user = pwd.getpwnam("nobody")
     gid = grp.getgrnam(group).gr_gid if group else user.pw_gid
-    with serve(WsgiToAsgi(ref, workers=1, user="nobody", group=group)) as server:
+    with serve_each(WsgiToAsgi(ref, workers=1, user="nobody", group=group)) as server:
         response = get(server.url)
     assert response.status_code == 200
     uid_at_import, gid_at_import, uid, gid_now, groups = map(int, response.text.split())
@@ -634,14 +632,14 @@ def test_workers_drop_to_the_configured_user_before_import(
     assert groups == 0  # root's supplementary groups are dropped too
 
 
-def test_worker_env_allow_list(serve: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_env_allow_list(serve_each: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WSGIPOOL_TEST_SECRET", "s3cret")
     monkeypatch.setenv("WSGIPOOL_TEST_ALLOWED", "yes")
     names = "WSGIPOOL_TEST_SECRET,WSGIPOOL_TEST_ALLOWED"
-    with serve(WsgiToAsgi(APP, workers=1)) as server:
+    with serve_each(WsgiToAsgi(APP, workers=1)) as server:
         everything = get(server.url + "/env", names=names).json()
     restricted = WsgiToAsgi(APP, workers=1, worker_env="WSGIPOOL_TEST_ALLOWED")
-    with serve(restricted) as server:
+    with serve_each(restricted) as server:
         allowed = get(server.url + "/env", names=names).json()
     assert everything == {"WSGIPOOL_TEST_SECRET": "s3cret", "WSGIPOOL_TEST_ALLOWED": "yes"}
     assert allowed == {"WSGIPOOL_TEST_ALLOWED": "yes"}
@@ -650,14 +648,14 @@ def test_worker_env_allow_list(serve: Any, monkeypatch: pytest.MonkeyPatch) -> N
 # -- graceful shutdown ----------------------------------------------------------------
 
 
-def test_shutdown_lets_in_flight_requests_finish(serve: Any) -> None:
+def test_shutdown_lets_in_flight_requests_finish(serve_each: Any) -> None:
     app = WsgiToAsgi(APP, workers=2)
-    server = serve(app)
+    server = serve_each(app)
     with server:
         workers = pids(app)
         running = Background(lambda: get(server.url, s=1))
         eventually(lambda: app.stats().busy, what="request in flight")
-        server.server.should_exit = True
+        server.stop()
         response = running.result()
     assert (response.status_code, int(response.text) in workers) == (200, True)
     assert not any(pid_alive(pid) for pid in workers)
@@ -737,9 +735,9 @@ async def test_graceful_timeout_cuts_long_requests_at_shutdown(anyio_backend: st
 # -- rolling restart ------------------------------------------------------------------
 
 
-def test_reload_replaces_every_worker_without_failing_a_request(serve: Any) -> None:
+def test_reload_replaces_every_worker_without_failing_a_request(serve_each: Any) -> None:
     app = WsgiToAsgi(APP, workers=2)
-    with serve(with_reload_route(app)) as server, server.client() as client:
+    with serve_each(with_reload_route(app)) as server, server.client() as client:
         old = pids(app)
         with Load(server.url, "/?s=0.02", clients=3) as load:
             eventually(lambda: len(load.results) >= 10, what="load running")
@@ -756,10 +754,10 @@ def test_reload_replaces_every_worker_without_failing_a_request(serve: Any) -> N
     assert app.stats().restarts == {"reload": 2}
 
 
-def test_failed_reload_keeps_the_old_workers(serve: Any, module_dir: Path) -> None:
+def test_failed_reload_keeps_the_old_workers(serve_each: Any, module_dir: Path) -> None:
     ref, flag, _ = flaky_app(module_dir, "reload_breaks")
     app = WsgiToAsgi(ref, workers=2)
-    with serve(with_reload_route(app)) as server, server.client() as client:
+    with serve_each(with_reload_route(app)) as server, server.client() as client:
         old = pids(app)
         flag.touch()
         response = client.post("/-/reload-test")
@@ -778,10 +776,10 @@ def test_failed_reload_keeps_the_old_workers(serve: Any, module_dir: Path) -> No
 # -- dynamic pool size ----------------------------------------------------------------
 
 
-def test_pool_grows_to_max_workers_then_shrinks_when_idle(serve: Any) -> None:
+def test_pool_grows_to_max_workers_then_shrinks_when_idle(serve_each: Any) -> None:
     app = WsgiToAsgi(APP, workers=1, max_workers=3, idle_timeout=0.5)
     front = os.getpid()
-    with serve(app) as server:
+    with serve_each(app) as server:
         before = children_of(front)
         peak = 0
         requests = [Background(lambda: get(server.url, s=0.8)) for _ in range(5)]

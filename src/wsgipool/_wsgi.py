@@ -182,13 +182,14 @@ class InputStream(io.RawIOBase):
                 break
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def readlines(self, hint: int = -1) -> list[bytes]:
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        limit = hint if hint is not None and hint > 0 else 1 << 62  # io: None, <= 0: all
         lines: list[bytes] = []
         total = 0
         while line := self.readline():
             lines.append(line)
             total += len(line)
-            if 0 < hint <= total:
+            if total >= limit:
                 break
         return lines
 

@@ -1,0 +1,253 @@
+"""The wait queue on its own, on asyncio and trio: FIFO hand-off, waking, deadlines, and a
+worker handed to a request whose task is cancelled at the same moment.
+
+The queue treats a worker as an opaque token, so the workers here are plain strings; the
+pool's use of it (real processes) is tested through a server in test_supervision.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+from wsgipool._queue import Waiter, WaitQueue
+
+pytestmark = pytest.mark.anyio
+
+
+class Pool:
+    """What the pool gives the queue: a checkout hook and a give-back that re-offers."""
+
+    def __init__(self, queue: WaitQueue) -> None:
+        self.queue = queue
+        self.checked_out: list[Any] = []
+        self.given_back: list[Any] = []
+        self.idle: list[Any] = []
+
+    def checkout(self, worker: Any) -> None:
+        self.checked_out.append(worker)
+
+    def give_back(self, worker: Any) -> None:
+        self.given_back.append(worker)
+        if not self.queue.hand(worker, self.checkout):
+            self.idle.append(worker)
+
+    async def wait(self, delay: float | None = None, watch: Any = None) -> Waiter:
+        return await self.queue.wait(delay, watch, self.give_back)
+
+
+async def queued(queue: WaitQueue, count: int) -> None:
+    """Until ``count`` requests are in the queue (each is queued at its first step)."""
+    with anyio.fail_after(5):
+        while len(queue) < count:
+            await anyio.sleep(0)
+
+
+async def test_workers_go_to_the_longest_waiting_first() -> None:
+    queue = WaitQueue()
+    pool = Pool(queue)
+    got: dict[int, Waiter] = {}
+
+    async def request(n: int) -> None:
+        got[n] = await pool.wait()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for n in range(3):
+                tg.start_soon(request, n)
+                await queued(queue, n + 1)
+            for worker in ("w0", "w1", "w2"):
+                assert queue.hand(worker, pool.checkout)
+    assert {n: w.worker for n, w in got.items()} == {0: "w0", 1: "w1", 2: "w2"}
+    assert all(w.woken and w.error is None and not w.left for w in got.values())
+    assert pool.checked_out == ["w0", "w1", "w2"]
+    assert len(queue) == 0
+    assert not queue.hand("w3", pool.checkout)  # nobody waits: the caller keeps it
+
+
+@pytest.mark.parametrize("order", ["hand-then-cancel", "cancel-then-hand"])
+async def test_worker_handed_to_a_cancelled_request_is_given_back(order: str) -> None:
+    queue = WaitQueue()
+    pool = Pool(queue)
+    kept: list[Any] = []
+    cancelled: list[bool] = []
+
+    async def request(scope: anyio.CancelScope) -> None:
+        with scope:
+            try:
+                waiter = await pool.wait()
+            except anyio.get_cancelled_exc_class():
+                cancelled.append(True)
+                raise
+            kept.append(waiter.worker)
+
+    scope = anyio.CancelScope()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(request, scope)
+            await queued(queue, 1)
+            if order == "hand-then-cancel":
+                queue.hand("w", pool.checkout)
+                scope.cancel()
+            else:
+                scope.cancel()
+                queue.hand("w", pool.checkout)
+    # The cancellation wins, and the worker is the pool's again, not lost with the task.
+    assert (cancelled, kept) == ([True], [])
+    assert pool.given_back == pool.idle == ["w"]
+    assert len(queue) == 0
+
+
+async def test_given_back_worker_goes_to_the_next_waiter() -> None:
+    queue = WaitQueue()
+    pool = Pool(queue)
+    second: list[Waiter] = []
+
+    async def first(scope: anyio.CancelScope) -> None:
+        with scope:
+            await pool.wait()
+
+    async def next_one() -> None:
+        second.append(await pool.wait())
+
+    scope = anyio.CancelScope()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first, scope)
+            await queued(queue, 1)
+            tg.start_soon(next_one)
+            await queued(queue, 2)
+            scope.cancel()  # the first leaves in the same step it is handed a worker
+            queue.hand("w", pool.checkout)
+    assert pool.given_back == ["w"]
+    assert [w.worker for w in second] == ["w"]
+    assert pool.checked_out == ["w", "w"]
+    assert pool.idle == []
+
+
+async def test_wake_all_with_an_error_reaches_every_waiter() -> None:
+    queue = WaitQueue()
+    pool = Pool(queue)
+    woken: list[Waiter] = []
+    error = RuntimeError("the app does not load")
+
+    async def request() -> None:
+        woken.append(await pool.wait())
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(request)
+            await queued(queue, 3)
+            queue.wake_all(error)
+            assert len(queue) == 0  # nobody is left to hand a worker to
+    assert len(woken) == 3
+    assert all(w.error is error and w.worker is None and w.woken for w in woken)
+
+
+async def test_wake_one_lets_only_the_longest_waiting_retry() -> None:
+    queue = WaitQueue()
+    pool = Pool(queue)
+    done: list[tuple[int, Waiter]] = []
+
+    async def request(n: int) -> None:
+        done.append((n, await pool.wait()))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for n in range(2):
+                tg.start_soon(request, n)
+                await queued(queue, n + 1)
+            queue.wake_one()
+            while not done:
+                await anyio.sleep(0)
+            assert len(queue) == 1
+            queue.hand("w", pool.checkout)
+    first, second = done
+    assert (first[0], first[1].woken, first[1].worker, first[1].error) == (0, True, None, None)
+    assert (second[0], second[1].worker) == (1, "w")
+
+
+async def test_queue_deadline_ends_the_wait_unwoken() -> None:
+    queue = WaitQueue()
+    pool = Pool(queue)
+    with anyio.fail_after(5):
+        waiter = await pool.wait(delay=0.05)
+    assert (waiter.woken, waiter.worker, waiter.error, waiter.left) == (False, None, None, False)
+    assert len(queue) == 0
+    assert not queue.hand("w", pool.checkout)
+
+
+async def test_a_watch_that_returns_leaves_the_queue() -> None:
+    queue = WaitQueue()
+    pool = Pool(queue)
+    client_gone = anyio.Event()
+    results: list[Waiter] = []
+
+    async def request() -> None:
+        results.append(await pool.wait(watch=client_gone.wait))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(request)
+            await queued(queue, 1)
+            client_gone.set()
+    (waiter,) = results
+    assert (waiter.left, waiter.woken, waiter.worker) == (True, False, None)
+    assert len(queue) == 0
+
+
+async def test_a_hand_off_ends_the_watch() -> None:
+    queue = WaitQueue()
+    pool = Pool(queue)
+    watching = anyio.Event()
+    watch_ended: list[bool] = []
+    results: list[Waiter] = []
+
+    async def watch() -> None:
+        watching.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            watch_ended.append(True)
+
+    async def request() -> None:
+        results.append(await pool.wait(watch=watch))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(request)
+            await watching.wait()
+            queue.hand("w", pool.checkout)
+    assert watch_ended == [True]
+    assert [(w.worker, w.left) for w in results] == [("w", False)]
+
+
+@pytest.mark.parametrize("order", ["hand-then-leave", "leave-then-hand"])
+async def test_worker_handed_as_the_client_leaves_stays_with_the_waiter(order: str) -> None:
+    # The watch may return before the hand-off's cancel lands: the worker must still be
+    # on the waiter, for the pool to give back (``left``) or use.
+    queue = WaitQueue()
+    pool = Pool(queue)
+    client_gone = anyio.Event()
+    results: list[Waiter] = []
+
+    async def request() -> None:
+        results.append(await pool.wait(watch=client_gone.wait))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(request)
+            await queued(queue, 1)
+            if order == "hand-then-leave":
+                queue.hand("w", pool.checkout)
+                client_gone.set()
+            else:
+                client_gone.set()
+                queue.hand("w", pool.checkout)
+    (waiter,) = results
+    assert waiter.worker == "w"
+    assert pool.given_back == []  # wait() returned: the caller decides, by ``left``
+    assert len(queue) == 0
