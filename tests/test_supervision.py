@@ -801,6 +801,6 @@ def test_max_requests_jitter_covers_its_whole_range() -> None:
     limits = set()
     for _ in range(200):
         worker = SimpleNamespace(request_limit=0, expires_at=0.0, started_at=0.0)
-        app.pool._set_limits(worker)  # type: ignore[arg-type]
+        app.pool.launcher.set_limits(worker)  # type: ignore[arg-type]
         limits.add(worker.request_limit)
     assert limits == {5, 6}

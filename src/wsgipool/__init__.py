@@ -28,15 +28,15 @@ if TYPE_CHECKING:
     from ._config import Config as Config
     from ._front import WsgiToAsgi as WsgiToAsgi
     from ._front import WsgiToAsgiInstance as WsgiToAsgiInstance
-    from ._pool import PoolStats as PoolStats
-    from ._pool import WorkerInfo as WorkerInfo
+    from ._stats import PoolStats as PoolStats
+    from ._stats import WorkerInfo as WorkerInfo
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "Config": "._config",
-    "PoolStats": "._pool",
-    "WorkerInfo": "._pool",
+    "PoolStats": "._stats",
+    "WorkerInfo": "._stats",
     "WsgiToAsgi": "._front",
     "WsgiToAsgiInstance": "._front",
 }

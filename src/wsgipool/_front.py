@@ -20,8 +20,9 @@ from ._exchange import Exchange
 from ._loader import describe, label
 from ._logging import install_fallback
 from ._observe import observer_for
-from ._pool import Pool, PoolStats
+from ._pool import Pool
 from ._spool import MemoryBudget
+from ._stats import PoolStats
 from ._supervisor import supervise
 from ._types import Environ, Message, OptExcInfo, Receive, Scope, Send
 from ._wsgi import ErrorStream, FileWrapper, Responder

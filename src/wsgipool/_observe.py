@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._errors import ConfigError
-from ._pool import Pool, PoolStats, WorkerInfo, rss_of
+from ._pool import Pool
+from ._stats import PoolStats, WorkerInfo, rss_of
 from ._types import Message, Scope, Send
 
 HEALTH = "/-/healthz"

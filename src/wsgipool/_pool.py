@@ -16,18 +16,12 @@ dispatch. Request deadlines need neither: the lease's reads enforce them.
 from __future__ import annotations
 
 import logging
-import os
-import random
 import signal
-import sys
 import time
 import weakref
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 import anyio
 
-from . import _protocol as proto
 from ._config import Config
 from ._errors import (
     AppLoadError,
@@ -37,17 +31,17 @@ from ._errors import (
     WorkerError,
     WorkerStartError,
 )
+from ._launch import MAX_BACKOFF, Launcher
 from ._lease import Lease
 from ._loader import AppSpec
-from ._process import KILL_GRACE, State, WorkerProcess, describe_exit, resolve_identity
+from ._process import KILL_GRACE, State, WorkerProcess, describe_exit
 from ._queue import WaitQueue, Watch
-from ._template import Template
+from ._stats import PoolStats, WorkerInfo, rss_of
 
 log = logging.getLogger("wsgipool.pool")
 
 #: Seconds a retired worker gets to exit on its own before it is killed.
 RETIRE_GRACE = 10.0
-MAX_BACKOFF = 30.0
 #: Start-up attempts a request makes when workers are killed from outside meanwhile.
 START_TRIES = 3
 _LIVE = (State.IDLE, State.BUSY, State.RETIRING)
@@ -59,55 +53,6 @@ def _kill_all(processes: set[WorkerProcess]) -> None:
     processes.clear()
 
 
-def _jitter(limit: float) -> float:
-    return random.uniform(0, limit) if limit > 0 else 0.0
-
-
-def rss_of(pid: int) -> int | None:
-    """Resident memory of ``pid`` in bytes (Linux ``/proc``; None elsewhere or if gone)."""
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    """One worker as :meth:`Pool.stats` saw it."""
-
-    id: int
-    pid: int
-    state: str  # "idle", "busy" or "retiring"
-    requests: int
-    started_at: float  # time.monotonic()
-
-
-@dataclass(frozen=True)
-class PoolStats:
-    """A snapshot of the pool: what the probes, metrics and status page show."""
-
-    workers: tuple[WorkerInfo, ...]  # live workers, by id
-    target: int
-    starting: int
-    waiting: int
-    closing: bool
-    failures: int  # start-up failures in a row
-    backoff_until: float  # time.monotonic() before which no start-up is attempted
-    last_error: str | None
-    restarts: Mapping[str, int]  # workers replaced, by reason
-    template_pid: int | None
-
-    @property
-    def idle(self) -> tuple[WorkerInfo, ...]:
-        return tuple(w for w in self.workers if w.state == "idle")
-
-    @property
-    def busy(self) -> tuple[WorkerInfo, ...]:
-        """Workers serving a request (retiring ones included)."""
-        return tuple(w for w in self.workers if w.state != "idle")
-
-
 class Pool:
     """Worker processes serving one app, one request each at a time."""
 
@@ -116,23 +61,15 @@ class Pool:
         self.config = config
         self.target = config.workers
         self.limit = config.max_workers or config.workers
-        self.identity = resolve_identity(config.user, config.group)
         self.workers: set[WorkerProcess] = set()  # every worker not yet reaped
         self._idle: list[WorkerProcess] = []  # IDLE workers, most recently used last
         self.starting = 0  # start-ups under way (before READY)
         self.closing = False
-        self.failures = 0
-        self.backoff_until = 0.0
-        self.last_error: str | None = None
         self.restarts: dict[str, int] = {}
-        self.template: Template | None = None
-        self.old_templates: list[Template] = []
-        self._template_starting = False
         self.waiters = WaitQueue()
         self._processes: set[WorkerProcess] = set()  # workers and templates: the finalizer's
-        self._free_ids: list[int] = []
-        self._next_id = 1
         self._finalizer = weakref.finalize(self, _kill_all, self._processes)
+        self.launcher = Launcher(spec, config, self._processes)
 
     # -- state ----------------------------------------------------------------------
 
@@ -163,8 +100,7 @@ class Pool:
                 worker.signal_group(signal.SIGKILL)
             worker.close_pipes()
             worker.kill_at = now + grace
-            if worker.id and worker.id not in self._free_ids:  # 0: a template
-                self._free_ids.append(worker.id)
+            self.launcher.free_id(worker.id)
             self.waiters.wake_one()
         elif state is State.GONE:
             self.workers.discard(worker)
@@ -189,7 +125,7 @@ class Pool:
 
     def stats(self) -> PoolStats:
         workers = sorted((w for w in self.workers if w.state in _LIVE), key=lambda w: w.id)
-        template = self.template
+        launcher, template = self.launcher, self.launcher.template
         return PoolStats(
             workers=tuple(
                 WorkerInfo(w.id, w.pid, w.state.value, w.requests, w.started_at) for w in workers
@@ -198,37 +134,14 @@ class Pool:
             starting=self.starting,
             waiting=self.waiting,
             closing=self.closing,
-            failures=self.failures,
-            backoff_until=self.backoff_until,
-            last_error=self.last_error,
+            failures=launcher.failures,
+            backoff_until=launcher.backoff_until,
+            last_error=launcher.last_error,
             restarts=dict(self.restarts),
             template_pid=template.pid if template is not None and template.alive() else None,
         )
 
     # -- start-up -------------------------------------------------------------------
-
-    def _hello(self, worker_id: int) -> proto.Hello:
-        hello: proto.Hello = {
-            "app": self.spec,
-            "sys_path": list(sys.path),
-            "worker_id": worker_id,
-            "log_level": self.config.log_level.upper(),
-        }
-        if self.identity is not None:
-            hello["uid"], hello["gid"] = self.identity
-        return hello
-
-    def _env(self) -> dict[str, str] | None:
-        allowed = self.config.worker_env
-        if allowed is None:
-            return None
-        return {name: os.environ[name] for name in allowed if name in os.environ}
-
-    def _take_id(self) -> int:
-        if self._free_ids:
-            return self._free_ids.pop(self._free_ids.index(min(self._free_ids)))
-        self._next_id += 1
-        return self._next_id - 1
 
     async def _spawn(self, report: bool = True, replacing: int = 0) -> WorkerProcess:
         """Start one worker and wait until it is ready (counted in ``starting`` meanwhile).
@@ -237,35 +150,27 @@ class Pool:
         ``report=False`` leaves logging a failure to the caller.
         """
         self.starting += 1
-        worker_id = self._take_id()
         worker = None
         try:
             try:
-                if self.config.preload:
-                    worker = await (await self._template()).fork(worker_id)
-                else:
-                    worker = WorkerProcess.spawn(worker_id, self._hello(worker_id), self._env())
+                worker = await self.launcher.create()
                 self.workers.add(worker)
-                self._processes.add(worker)
                 await worker.ready(self.config.startup_timeout)
             except (OSError, ProtocolError) as exc:
-                raise WorkerStartError(f"worker {worker_id} did not start: {exc}") from exc
+                raise WorkerStartError(f"a worker did not start: {exc}") from exc
         except BaseException as exc:
             self.starting -= 1
             if worker is not None:  # one that sent its failure exits by itself
                 sent = isinstance(exc, AppLoadError) and bool(exc.traceback)
                 self._set_state(worker, State.EXITING, grace=KILL_GRACE if sent else 0)
-            else:
-                self._free_ids.append(worker_id)
             if isinstance(exc, AppLoadError):
-                self._note_failure(exc, report)
+                self.launcher.failed(exc, report)
                 self._fail_waiters(exc)
             elif isinstance(exc, WorkerError) and report:
                 log.warning("%s", exc)
             raise
         self.starting -= 1
-        self.failures = 0
-        self._set_limits(worker)
+        self.launcher.succeeded()
         if replacing:
             log.info("worker %d started (pid %d), replacing worker %d", worker.id, worker.pid,
                      replacing)  # fmt: skip
@@ -273,66 +178,16 @@ class Pool:
             log.info("worker %d started (pid %d)", worker.id, worker.pid)
         return worker
 
-    async def _template(self) -> Template:
-        """The preload template, started (and awaited) on first use or after it died."""
-        while self._template_starting:
-            await anyio.sleep(0.005)
-        if self.template is not None and self.template.alive():
-            return self.template
-        self._template_starting = True
-        try:
-            self.template = await self._start_template()
-        finally:
-            self._template_starting = False
-        return self.template
-
-    async def _start_template(self) -> Template:
-        template = Template.start(self._hello(0), self._env())
-        self._processes.add(template)
-        try:
-            await template.ready(self.config.startup_timeout)
-        except BaseException:
-            self._processes.discard(template)
-            template.kill_now()
-            raise
-        log.info("preload template started (pid %d)", template.pid)
-        return template
-
-    def _set_limits(self, worker: WorkerProcess) -> None:
-        config = self.config
-        if config.max_requests:
-            jitter = random.randint(0, config.max_requests_jitter)
-            worker.request_limit = config.max_requests + jitter
-        if config.max_lifetime:
-            lifetime = config.max_lifetime + _jitter(config.max_lifetime_jitter)
-            worker.expires_at = worker.started_at + lifetime
-
     def _fail_waiters(self, exc: AppLoadError) -> None:
         """With no worker left to wait for, queued requests get the start-up error now."""
         if not (self.up or self.starting):
             self.waiters.wake_all(exc)
 
-    def _note_failure(self, exc: AppLoadError, report: bool) -> None:
-        """Back off; log the app's traceback once per distinct failure, a line otherwise."""
-        self.failures += 1
-        delay = min(0.1 * 2 ** (self.failures - 1), MAX_BACKOFF)
-        self.backoff_until = time.monotonic() + delay
-        exc.retry_after = delay
-        repeated = str(exc) == self.last_error
-        self.last_error = str(exc)
-        if not report:
-            return
-        if exc.traceback and not repeated:
-            log.error("the app failed to import:\n%s", exc.traceback.rstrip())
-        log.error("worker failed to start (%s); next attempt in %.1fs", exc, delay)
-
     def unavailable(self) -> AppLoadError | None:
         """While start-ups fail and no worker is up, the error to answer requests with at
         once (503 with Retry-After), rather than queueing them until the back-off ends."""
-        if self.failures and not self.up and not self.starting:
-            left = self.backoff_until - time.monotonic()
-            if left > 0 and self.last_error is not None:
-                return AppLoadError(self.last_error, retry_after=left)
+        if self.launcher.failures and not self.starting and not self.up:
+            return self.launcher.unavailable()
         return None
 
     async def start(self) -> None:
@@ -381,7 +236,7 @@ class Pool:
                     self._checkout(worker)
                     return self._lease(worker)
                 self.lost(worker, "died while idle")
-            if self.size < self.limit and time.monotonic() >= self.backoff_until:
+            if self.size < self.limit and self.launcher.backing_off() <= 0:
                 try:
                     worker = await self._spawn()
                 except WorkerStartError:
@@ -414,7 +269,7 @@ class Pool:
         delay = self.config.queue_timeout
         owed = self.size < self.target
         if owed:  # capacity is owed but backing off: retry when the back-off ends
-            delay = min(delay or MAX_BACKOFF, max(self.backoff_until - time.monotonic(), 0.01))
+            delay = min(delay or MAX_BACKOFF, max(self.launcher.backing_off(), 0.01))
         waiter = await self.waiters.wait(delay, watch, self._give_back)
         if waiter.left:
             if waiter.worker is not None:
@@ -477,9 +332,10 @@ class Pool:
     def reap(self) -> None:
         """Collect exited workers and unused old templates; SIGKILL those past their grace."""
         now = time.monotonic()
-        for template in list(self.old_templates):
+        old = self.launcher.old_templates
+        for template in list(old):
             if not any(w.template is template for w in self.workers):
-                self.old_templates.remove(template)
+                old.remove(template)
                 self._set_state(template, State.EXITING, grace=KILL_GRACE)  # exits at EOF
         for worker in list(self._processes):
             if worker.state is not State.EXITING:
@@ -509,7 +365,7 @@ class Pool:
             if now - worker.since >= self.config.idle_timeout:
                 self.retire(worker, "idle")
                 extra -= 1
-        if now < self.backoff_until or self.closing:
+        if self.launcher.backing_off() > 0 or self.closing:
             return 0
         return max(self.target - self.size, 0)
 
@@ -520,10 +376,7 @@ class Pool:
         import, the old workers keep serving and the app's error is raised.
         """
         if self.config.preload:  # new code comes from a new template
-            fresh = await self._start_template()
-            if self.template is not None:
-                self.old_templates.append(self.template)
-            self.template = fresh
+            await self.launcher.new_template()
         for old in sorted(self.workers, key=lambda w: w.id):
             if old.state not in (State.IDLE, State.BUSY):
                 continue
@@ -545,8 +398,8 @@ class Pool:
         async with anyio.create_task_group() as tg:
             for worker in list(self.workers):
                 tg.start_soon(self._stop, worker)
-        templates = [t for t in (self.template, *self.old_templates) if t is not None]
-        self.template, self.old_templates = None, []
+        templates = self.launcher.templates()
+        self.launcher.template, self.launcher.old_templates = None, []
         async with anyio.create_task_group() as tg:
             for template in templates:
                 tg.start_soon(self._stop, template)
