@@ -22,30 +22,38 @@ from ._types import Message, Receive
 
 
 class Pace:
-    """Progress of one client in one direction, and how long it may take for the next."""
+    """How fast one client moves in one direction, and how long its next wait may last.
 
-    __slots__ = ("_began", "_grace", "_rate", "_timeout", "moved")
+    Only the time the client is to blame counts: waiting for its body, or for it to take
+    a response chunk. Time the app takes to produce the next chunk does not, so a slow
+    event stream is never mistaken for a slow reader.
+    """
+
+    __slots__ = ("_grace", "_rate", "_since", "_timeout", "blamed", "moved")
 
     def __init__(self, config: Config) -> None:
-        self._began = time.monotonic()
         self._timeout = config.client_timeout
         self._rate = config.min_client_rate
         self._grace = config.client_rate_grace
+        self._since = 0.0
+        self.blamed = 0.0  # seconds spent waiting on the client so far
         self.moved = 0  # bytes so far
 
-    def wait(self) -> float:
-        """Seconds the next piece of progress may take (0 or less: too slow already)."""
-        now = time.monotonic()
-        limit = self._timeout
-        if self._rate:
-            # The rate holds while moved / (t - began) >= rate, and always during the grace.
-            due = self._began + max(self._grace, self.moved / self._rate)
-            limit = min(limit, due - now)
-        return limit
+    def begin(self) -> float:
+        """A wait on the client starts; the seconds it may last (0 or less: too slow)."""
+        self._since = time.monotonic()
+        if not self._rate:
+            return self._timeout
+        # The rate holds while moved / blamed >= rate, and always during the grace.
+        return min(self._timeout, max(self._grace, self.moved / self._rate) - self.blamed)
+
+    def end(self, size: int) -> None:
+        """The wait ended with ``size`` bytes moved."""
+        self.blamed += time.monotonic() - self._since
+        self.moved += size
 
     def why(self) -> str:
-        elapsed = time.monotonic() - self._began
-        return f"{self.moved} bytes in {elapsed:.1f}s"
+        return f"{self.moved} bytes in {self.blamed + time.monotonic() - self._since:.1f}s"
 
 
 class BodyRefused(Exception):
@@ -69,22 +77,22 @@ async def take_body(
     limit = config.max_body_size
     message = first
     try:
-        while True:
-            chunk: bytes = message.get("body", b"")
-            if chunk:
-                pace.moved += len(chunk)
-                if limit is not None and pace.moved > limit:
-                    raise BodyRefused(413, f"body over max_body_size ({limit} bytes)")
-                spool.put(chunk)
-            if not message.get("more_body", False):
-                return spool
-            with anyio.move_on_after(max(pace.wait(), 0)):
+        with anyio.CancelScope() as scope:  # one scope, its deadline moved per message
+            while True:
+                chunk: bytes = message.get("body", b"")
+                if chunk:
+                    if limit is not None and pace.moved + len(chunk) > limit:
+                        raise BodyRefused(413, f"body over max_body_size ({limit} bytes)")
+                    spool.put(chunk)
+                if not message.get("more_body", False):
+                    return spool
+                scope.deadline = anyio.current_time() + max(pace.begin(), 0)
                 message = await receive()
+                pace.end(len(message.get("body", b"")))
                 if message["type"] == "http.disconnect":
                     spool.close()
                     return None
-                continue
-            raise BodyRefused(408, f"body too slow: {pace.why()}")
+        raise BodyRefused(408, f"body too slow: {pace.why()}")
     except BaseException:
         spool.close()
         raise

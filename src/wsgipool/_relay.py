@@ -13,6 +13,7 @@ a watch for the client leaving, which tells the app to stop).
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -180,24 +181,25 @@ class Relay:
 
     async def _drain(self) -> None:
         """Send the queue at the client's pace until the response's end; cut a client
-        slower than Pace allows."""
+        slower than Pace allows (one cancel scope, its deadline moved per send)."""
         pace = Pace(self.x.config)
-        while not self.x.disconnected:
-            if not self.items:
-                if self._done:
-                    return
-                self._wake = anyio.Event()
-                await self._wake.wait()
-                continue
-            message = self._next()
-            with anyio.move_on_after(max(pace.wait(), 0)) as scope:
+        with anyio.CancelScope() as scope:
+            while not self.x.disconnected:
+                if not self.items:
+                    if self._done:
+                        return
+                    scope.deadline = math.inf  # waiting on the app, not on the client
+                    self._wake = anyio.Event()
+                    await self._wake.wait()
+                    continue
+                message = self._next()
+                scope.deadline = anyio.current_time() + max(pace.begin(), 0)
                 await self.x.deliver(message)
-            if scope.cancelled_caught:
-                self.x.disconnected = True
-                log.warning("closing the connection of %s: the client reads too slowly (%s)",
-                            self.x.request_line, pace.why())  # fmt: skip
-                return
-            pace.moved += len(message.get("body", b""))
+                pace.end(len(message.get("body", b"")))
+        if scope.cancelled_caught:
+            self.x.disconnected = True
+            log.warning("closing the connection of %s: the client reads too slowly (%s)",
+                        self.x.request_line, pace.why())  # fmt: skip
 
     def _queued(self) -> None:
         if self._wake is not None:
