@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 
@@ -198,6 +198,55 @@ def open_reader(fd: int, name: str) -> PipeReader:
     except RuntimeError:
         return PipeReader(fd, name)
     return AsyncioPipeReader(fd, name)
+
+
+async def wait_until_woken(
+    body: Callable[[], Awaitable[object]], delay: float | None, woken: Callable[[Wake], None]
+) -> bool:
+    """Run ``body`` until it returns (True), or until ``delay`` seconds pass or the
+    :data:`Wake` handed to ``woken`` is called (False).
+
+    On asyncio (3.11+) this is an ``asyncio.timeout`` rescheduled to "now" by the wake, a
+    loop callback away; elsewhere an anyio cancel scope cancelled from a loop callback.
+    Both cost far less than a task per waiting request.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if loop is None or not hasattr(asyncio, "timeout"):
+        return await _wait_portable(body, delay, woken)
+    timeout = asyncio.timeout(delay)
+
+    def wake() -> None:
+        with contextlib.suppress(RuntimeError):  # the wait is over already
+            timeout.reschedule(loop.time())
+
+    try:
+        async with timeout:
+            woken(wake)
+            await body()
+            return True
+    except TimeoutError:
+        if not timeout.expired():
+            raise  # body's own
+    return False
+
+
+async def _wait_portable(
+    body: Callable[[], Awaitable[object]], delay: float | None, woken: Callable[[Wake], None]
+) -> bool:
+    with anyio.CancelScope() as scope:
+        if delay is not None:
+            scope.deadline = anyio.current_time() + delay
+        woken(lambda: call_soon(scope.cancel))
+        await body()
+        return True
+    return False
+
+
+#: Ends a :func:`wait_until_woken` early; safe to call more than once, or too late.
+Wake = Callable[[], None]
 
 
 def call_soon(callback: Callable[[], object]) -> None:

@@ -63,6 +63,7 @@ class Pool:
         self.limit = config.max_workers or config.workers
         self.workers: set[WorkerProcess] = set()  # every worker not yet reaped
         self._idle: list[WorkerProcess] = []  # IDLE workers, most recently used last
+        self._exiting = 0  # workers in EXITING: reap() has work
         self.starting = 0  # start-ups under way (before READY)
         self.closing = False
         self.restarts: dict[str, int] = {}
@@ -85,7 +86,13 @@ class Pool:
         if old is state:
             return
         if old is State.IDLE:
-            self._idle.remove(worker)
+            idle = self._idle
+            if idle[-1] is worker:  # the usual case: the most recently used one
+                idle.pop()
+            else:
+                idle.remove(worker)
+        elif old is State.EXITING:
+            self._exiting -= 1
         worker.state, worker.since = state, now
         if reason:
             worker.reason = reason
@@ -94,6 +101,7 @@ class Pool:
         elif state is State.RETIRING:
             self.waiters.wake_one()  # its replacement may start now
         elif state is State.EXITING:
+            self._exiting += 1
             if reason:
                 self.restarts[reason] = self.restarts.get(reason, 0) + 1
             if grace <= 0 and worker.alive():
@@ -331,8 +339,10 @@ class Pool:
 
     def reap(self) -> None:
         """Collect exited workers and unused old templates; SIGKILL those past their grace."""
-        now = time.monotonic()
         old = self.launcher.old_templates
+        if not (self._exiting or old):
+            return  # the usual case, on every dispatch
+        now = time.monotonic()
         for template in list(old):
             if not any(w.template is template for w in self.workers):
                 old.remove(template)

@@ -1,8 +1,9 @@
 """The FIFO of requests waiting for a free worker.
 
-A waiting request does not get a task of its own: it waits in its own task, inside a
-cancel scope that also runs its *watch* (for the front: "until the client disconnects").
-Handing it a worker, waking it, or its queue deadline all end that scope. The pool
+A waiting request does not get a task of its own: it waits in its own task, running its
+*watch* (for the front: "until the client disconnects") under
+:func:`wsgipool._loop.wait_until_woken`. Handing it a worker, waking it, or its queue
+deadline all end that wait. The pool
 decides policy (backlog, timeouts, what an empty wake means); this only queues.
 """
 
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ._loop import call_soon
+from ._loop import Wake, wait_until_woken
 
 if TYPE_CHECKING:
     from ._process import WorkerProcess
@@ -26,10 +27,10 @@ Watch = Callable[[], Awaitable[None]]
 class Waiter:
     """One queued request and how its wait ended."""
 
-    __slots__ = ("error", "left", "scope", "woken", "worker")
+    __slots__ = ("_wake", "error", "left", "woken", "worker")
 
     def __init__(self) -> None:
-        self.scope: anyio.CancelScope | None = None
+        self._wake: Wake | None = None
         self.worker: WorkerProcess | None = None  # handed over (None: woken to retry)
         self.error: Exception | None = None  # start-up failed and no worker is left
         self.woken = False
@@ -37,8 +38,11 @@ class Waiter:
 
     def wake(self) -> None:
         self.woken = True
-        if self.scope is not None:
-            call_soon(self.scope.cancel)  # see _loop.call_soon: cheaper than from here
+        if self._wake is not None:
+            self._wake()
+
+    def _set_wake(self, wake: Wake) -> None:
+        self._wake = wake
 
 
 class WaitQueue:
@@ -63,14 +67,8 @@ class WaitQueue:
         waiter = Waiter()
         self._waiters.append(waiter)
         try:
-            with anyio.CancelScope() as waiter.scope:
-                if delay is not None:
-                    waiter.scope.deadline = anyio.current_time() + delay
-                if watch is None:
-                    await anyio.sleep_forever()
-                else:
-                    await watch()
-                    waiter.left = True
+            waiter.left = await wait_until_woken(watch or anyio.sleep_forever, delay,
+                                                 waiter._set_wake)  # fmt: skip
         except BaseException:
             if waiter.worker is not None:
                 give_back(waiter.worker)
