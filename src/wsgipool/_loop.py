@@ -27,6 +27,9 @@ import anyio
 from ._errors import WorkerError, WorkerGoneError
 from ._protocol import Frame, FrameReader
 
+#: The front reads up to this much of a worker's pipe at once (its whole pipe buffer).
+READ_SIZE = 1024 * 1024
+
 
 class PipeReader:
     """Frames from one worker's pipe; one consumer at a time (any anyio backend)."""
@@ -36,7 +39,7 @@ class PipeReader:
     def __init__(self, fd: int, name: str) -> None:
         self.fd = fd
         self.name = name
-        self._decoder = FrameReader()
+        self._decoder = FrameReader(size=READ_SIZE)
         self._frames: list[Frame] = []
         self._error: WorkerError | None = None
         self._scope: anyio.CancelScope | None = None

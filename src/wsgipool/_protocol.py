@@ -289,18 +289,19 @@ class FrameReader:
     thing to catch.
     """
 
-    __slots__ = ("_buf", "_end", "_max", "_need", "_start", "_view")
+    __slots__ = ("_buf", "_end", "_max", "_need", "_size", "_start", "_view")
 
     #: Compact or grow the buffer before a read when less than this is free at its end.
     MIN_FREE = 64 * 1024
     #: Size of the buffer at rest; one larger frame grows it, and it shrinks back after.
-    SIZE = 256 * 1024
+    SIZE: Final = 256 * 1024
     #: A buffer grown past this is given back once it is empty.
     SHRINK_ABOVE = 4 * 1024 * 1024
 
-    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+    def __init__(self, max_frame: int = MAX_FRAME, size: int = SIZE) -> None:
         self._max = max_frame
-        self._buf = bytearray(self.SIZE)
+        self._size = size
+        self._buf = bytearray(size)
         self._view = memoryview(self._buf)
         self._start = self._end = self._need = 0
 
@@ -363,7 +364,7 @@ class FrameReader:
             self._start = self._end = self._need = 0
             if len(self._buf) > self.SHRINK_ABOVE:  # give back what one huge frame needed
                 self._view.release()
-                self._buf = bytearray(self.SIZE)
+                self._buf = bytearray(self._size)
                 self._view = memoryview(self._buf)
         else:
             self._start = pos

@@ -36,6 +36,8 @@ app_log = logging.getLogger("wsgipool.app")
 PATIENCE = 0.05
 END_MESSAGE: dict[str, Any] = {"type": "http.response.body"}
 CLOSE = (b"connection", b"close")
+#: Largest message made of queued chunks joined together.
+COALESCE = 1024 * 1024
 #: A queued body chunk: the message is built from the spool's next chunk when sent.
 CHUNK = None
 Item = Message | None
@@ -170,11 +172,25 @@ class Relay:
             await self.x.deliver(self._next())
 
     def _next(self) -> Message:
+        """The next message. Chunks already queued behind a chunk (the client or the
+        front fell behind) go out as one message of up to ``COALESCE`` bytes: one send
+        instead of many; a client that keeps up still gets one message per chunk."""
         item = self.items.popleft()
         if item is not CHUNK:
             return item
-        assert self.spool is not None
-        data = self.spool.get()
+        spool, items = self.spool, self.items
+        assert spool is not None
+        data = spool.get()
+        assert data is not None
+        if items and items[0] is CHUNK:
+            parts, size = [data], len(data)
+            while items and items[0] is CHUNK and size < COALESCE:
+                items.popleft()
+                part = spool.get()
+                assert part is not None
+                parts.append(part)
+                size += len(part)
+            data = b"".join(parts)
         if self._room is not None:
             self._room.set()
         return {"type": "http.response.body", "body": data, "more_body": True}
