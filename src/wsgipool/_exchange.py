@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 
 from . import _protocol as proto
-from ._client import BodyRefused, take_body
+from ._client import BodyRefused, Pace, first_message, take_body
 from ._errors import (
     AppLoadError,
     OverloadedError,
@@ -56,6 +56,7 @@ class Exchange:
         self.too_large = False
         self.failure: BaseException | None = None  # raised from __call__ once done
         self.lease: Lease | None = None
+        self.pace: Pace | None = None  # the client's pace sending a buffered body
 
     # -- sending --------------------------------------------------------------------
 
@@ -96,17 +97,35 @@ class Exchange:
             return True
         return False
 
+    async def first_message(self, cgi: dict[str, str]) -> Message | None:
+        """The request's first message; None once answered (408: the client declared a
+        body and sent none of it in time, with buffering on)."""
+        if not self.config.buffer_requests or not (
+            "CONTENT_LENGTH" in cgi or "HTTP_TRANSFER_ENCODING" in cgi
+        ):
+            return await self.receive()  # no body to wait for (or the app's to wait on)
+        self.pace = Pace(self.config)
+        try:
+            return await first_message(self.receive, self.pace)
+        except BodyRefused as exc:
+            await self._refuse(exc)
+            return None
+
+    async def _refuse(self, exc: BodyRefused) -> None:
+        log.warning("%d for %s: %s", exc.status, self.request_line, exc)
+        await self.respond(exc.status, "Request Timeout" if exc.status == 408
+                           else "Payload Too Large", CLOSE)  # fmt: skip
+
     async def run(self, cgi: dict[str, str], first: Message) -> None:
         body: bytes = first.get("body", b"")
         more: bool = first.get("more_body", False)
         spool: Spool | None = None
         if more and self.config.buffer_requests:
+            pace = self.pace or Pace(self.config)
             try:
-                spool = await take_body(self.receive, first, self.config, self.budget)
+                spool = await take_body(self.receive, first, self.config, self.budget, pace)
             except BodyRefused as exc:
-                log.warning("%d for %s: %s", exc.status, self.request_line, exc)
-                await self.respond(exc.status, "Request Timeout" if exc.status == 408
-                                   else "Payload Too Large", CLOSE)  # fmt: skip
+                await self._refuse(exc)
                 return
             if spool is None:
                 return  # the client left
