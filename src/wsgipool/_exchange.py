@@ -136,6 +136,8 @@ class Exchange:
         elif self.config.max_body_size is not None and len(body) > self.config.max_body_size:
             await self.respond(413, "Payload Too Large", CLOSE)
             return
+        elif self.config.buffer_requests and "HTTP_TRANSFER_ENCODING" in cgi:
+            cgi["CONTENT_LENGTH"] = str(len(body))  # a chunked body complete at once
         try:
             await self._run(cgi, body, more, spool)
         finally:
