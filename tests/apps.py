@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
+import random
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -92,6 +94,55 @@ def download(environ: Environ, start_response: Any) -> Iterable[bytes]:
         [("Content-Type", "application/octet-stream"), ("Content-Length", str(mib << 20))],
     )
     return _blocks(mib * 16, 65536)
+
+
+def pattern(size: int, seed: int = 0, block: int = 65536) -> Iterator[bytes]:
+    """``size`` pseudo-random bytes in ``block``-sized pieces, the same for the same seed:
+    a body whose every byte can be checked."""
+    rng = random.Random(seed)
+    while size > 0:
+        piece = rng.randbytes(min(block, size))
+        size -= len(piece)
+        yield piece
+
+
+def digest(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """The body's SHA-256 and size, and the CONTENT_LENGTH the app was given, as JSON."""
+    stream = environ["wsgi.input"]
+    hasher, size = hashlib.sha256(), 0
+    while block := stream.read(65536):
+        hasher.update(block)
+        size += len(block)
+    body = json.dumps(
+        {"sha256": hasher.hexdigest(), "size": size, "length": environ.get("CONTENT_LENGTH")}
+    )
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body.encode()]
+
+
+def random_download(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """``?mib=N&seed=S``: :func:`pattern` bytes, N MiB with a Content-Length."""
+    size = int(_q(environ, "mib", "1")) << 20
+    start_response("200 OK", [("Content-Length", str(size))])
+    return pattern(size, int(_q(environ, "seed", "0")))
+
+
+def line_echo(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """Echoes each line of the body as soon as it has read it (a body processed as it
+    arrives), with the worker's pid in ``X-Worker-Pid``."""
+    stream = environ["wsgi.input"]
+    start_response("200 OK", [("X-Worker-Pid", str(os.getpid()))])
+    return iter(stream.readline, b"")
+
+
+def refused(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """Responses a WSGI app may produce that h11 refuses to send, by ``?how=``: a body on
+    a 204, or an interim (1xx) status as the final one."""
+    if _q(environ, "how") == "1xx":
+        start_response("103 Early Hints", [])
+        return [b""]
+    start_response("204 No Content", [])
+    return [b"a body where none may be"]
 
 
 class Tracked:
