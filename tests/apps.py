@@ -137,12 +137,19 @@ def line_echo(environ: Environ, start_response: Any) -> Iterable[bytes]:
 
 def refused(environ: Environ, start_response: Any) -> Iterable[bytes]:
     """Responses a WSGI app may produce that h11 refuses to send, by ``?how=``: a body on
-    a 204, or an interim (1xx) status as the final one."""
-    if _q(environ, "how") == "1xx":
+    a 204 (``204``, or ``204-endless`` streamed until the app is told to stop), or an
+    interim status as the final one (``1xx``); otherwise the worker's pid."""
+    how = _q(environ, "how")
+    if how == "1xx":
         start_response("103 Early Hints", [])
         return [b""]
-    start_response("204 No Content", [])
-    return [b"a body where none may be"]
+    if how == "204":
+        start_response("204 No Content", [])
+        return [b"a body where none may be"]
+    if how == "204-endless":
+        start_response("204 No Content", [])
+        return _endless()
+    return pid(environ, start_response)
 
 
 class Tracked:

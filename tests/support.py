@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
@@ -175,3 +179,38 @@ class Reader:
             return not self._fill() and not self.buffer
         except TimeoutError:
             return False
+
+
+@contextlib.contextmanager
+def hypercorn_thread(app: Any, backend: str) -> Iterator[str]:
+    """hypercorn's own ``serve`` for ``backend`` in a thread, on a socket bound here."""
+    from hypercorn.config import Config
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    config = Config()
+    config.bind = [f"fd://{sock.detach()}"]  # hypercorn owns (and closes) it from here
+    config.accesslog = None
+    stop = threading.Event()
+
+    async def stopped() -> None:
+        while not stop.is_set():
+            await anyio.sleep(0.02)
+
+    async def main() -> None:
+        if backend == "trio":
+            from hypercorn.trio import serve
+        else:
+            from hypercorn.asyncio import serve  # type: ignore[assignment]
+        await serve(app, config, shutdown_trigger=stopped)
+
+    thread = threading.Thread(target=anyio.run, args=(main,), kwargs={"backend": backend})
+    thread.start()
+    try:
+        yield url
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive()

@@ -6,19 +6,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import pytest
 
-from support import free_port, wait_for
+from support import free_port, hypercorn_thread, wait_for
 from wsgipool import WsgiToAsgi
 
 TESTS = Path(__file__).parent
@@ -40,41 +37,6 @@ def test_uvicorn(serve: Any) -> None:
     app = WsgiToAsgi("apps:environ_json", workers=1, health=True)
     with serve(app) as server:
         check_served(server.url)
-
-
-@contextlib.contextmanager
-def hypercorn_thread(app: Any, backend: str) -> Iterator[str]:
-    """hypercorn's own ``serve`` for ``backend`` in a thread, on a socket bound here."""
-    from hypercorn.config import Config
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    config = Config()
-    config.bind = [f"fd://{sock.detach()}"]  # hypercorn owns (and closes) it from here
-    config.accesslog = None
-    stop = threading.Event()
-
-    async def stopped() -> None:
-        while not stop.is_set():
-            await anyio.sleep(0.02)
-
-    async def main() -> None:
-        if backend == "trio":
-            from hypercorn.trio import serve
-        else:
-            from hypercorn.asyncio import serve  # type: ignore[assignment]
-        await serve(app, config, shutdown_trigger=stopped)
-
-    thread = threading.Thread(target=anyio.run, args=(main,), kwargs={"backend": backend})
-    thread.start()
-    try:
-        yield url
-    finally:
-        stop.set()
-        thread.join(60)
-    assert not thread.is_alive()
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
