@@ -43,6 +43,11 @@ class Pace:
             limit = min(limit, due - now)
         return limit
 
+    def idle(self, seconds: float) -> None:
+        """``seconds`` in which nothing was asked of the client do not count against its
+        rate: a response the app is slow to produce (server-sent events, a long poll)."""
+        self._began += seconds
+
     def why(self) -> str:
         elapsed = time.monotonic() - self._began
         return f"{self.moved} bytes in {elapsed:.1f}s"

@@ -13,6 +13,7 @@ a watch for the client leaving, which tells the app to stop).
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -187,7 +188,9 @@ class Relay:
                 if self._done:
                     return
                 self._wake = anyio.Event()
+                waited = time.monotonic()
                 await self._wake.wait()
+                pace.idle(time.monotonic() - waited)  # the app's time, not the client's
                 continue
             message = self._next()
             with anyio.move_on_after(max(pace.wait(), 0)) as scope:
