@@ -152,6 +152,21 @@ def refused(environ: Environ, start_response: Any) -> Iterable[bytes]:
     return pid(environ, start_response)
 
 
+def slow_stream(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """``?n=N&every=S&mib=M``: N events of 10 bytes, one every S seconds (a slow producer,
+    such as server-sent events or a long poll), then M MiB at once."""
+    count, every = int(_q(environ, "n", "10")), float(_q(environ, "every", "0.2"))
+    start_response("200 OK", [("Content-Type", "text/event-stream")])
+    return _events(count, every, int(_q(environ, "mib", "0")))
+
+
+def _events(count: int, every: float, mib: int) -> Iterator[bytes]:
+    for i in range(count):
+        time.sleep(every)
+        yield b"data: %02d\n\n" % (i % 100)
+    yield from _blocks(mib * 16, 65536)
+
+
 class Tracked:
     """An iterable that records in a file when close() was called."""
 

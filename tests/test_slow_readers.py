@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from support import MiB, PeakRSS, Reader, connect, open_fds, wait_for
+from support import MiB, PeakRSS, Reader, connect, hypercorn_thread, open_fds, wait_for
 from wsgipool import WsgiToAsgi
 
 CUT = "the client reads too slowly"
@@ -79,6 +79,21 @@ def test_a_reader_that_reads_nothing_does_not_hold_the_worker(
         slow.close()
         wait_for(lambda: open_fds() <= before, what="every descriptor closed")
         assert app.stats().restarts == {}
+
+
+@pytest.mark.parametrize("host", ["uvicorn", "hypercorn-trio"])
+def test_a_slow_producer_read_promptly_is_not_cut(serve: Any, host: str) -> None:
+    # 50 bytes/s of events, below min_client_rate: the app is slow, not the client, so
+    # the time the front waits on the app does not count against the client's rate.
+    app = WsgiToAsgi("apps:slow_stream", workers=1, min_client_rate=100, client_rate_grace=0.5)
+    with ExitStack() as stack:
+        if host == "uvicorn":
+            url = stack.enter_context(serve(app, http="h11")).url
+        else:
+            url = stack.enter_context(hypercorn_thread(app, "trio"))
+        response = httpx.get(url, params={"n": 12, "every": 0.2}, timeout=10)
+        assert response.content == b"".join(b"data: %02d\n\n" % i for i in range(12))
+    assert app.stats().restarts == {}
 
 
 @pytest.mark.parametrize("http", ["h11", "httptools"])
