@@ -138,11 +138,7 @@ class Exchange:
             return
         elif self.config.buffer_requests and "HTTP_TRANSFER_ENCODING" in cgi:
             cgi["CONTENT_LENGTH"] = str(len(body))  # a chunked body complete at once
-        try:
-            await self._run(cgi, body, more, spool)
-        finally:
-            if spool is not None:
-                spool.close()
+        await self._run(cgi, body, more, spool)
         if self.failure is not None:
             raise self.failure
 
@@ -155,9 +151,13 @@ class Exchange:
             payload += proto.body_frames(body)
         if spool is None and not more:
             payload.append(proto.EOF_FRAME)
-        lease = await self._dispatch(payload, watch=not more)
-        if lease is not None:
-            await Relay(self, lease).run(more, len(body), spool)
+        try:
+            lease = await self._dispatch(payload, watch=not more)
+            if lease is not None:
+                await Relay(self, lease).run(more, len(body), spool)
+        finally:
+            if spool is not None:
+                spool.close()  # its file and its share of the memory budget
 
     async def _dispatch(self, payload: list[bytes | memoryview], watch: bool) -> Lease | None:
         """Hand the request to a worker; one that was gone before it read a byte of it is
