@@ -15,13 +15,15 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from apps import pattern
-from support import MiB, Reader, connect, readable, wait_for
+from asgi_helpers import call_asgi, http_scope
+from support import MiB, Reader, connect, open_fds, readable, wait_for
 from wsgipool import WsgiToAsgi
 
 HTTP = pytest.mark.parametrize("http", ["h11", "httptools"])
@@ -235,3 +237,19 @@ def test_without_buffering_the_app_reads_the_body_as_it_arrives(serve: Any, http
         sock.sendall(rest)
         assert reader.body(headers) == first + rest
     assert app.stats().restarts == {}
+
+
+@pytest.mark.anyio
+async def test_a_large_body_in_one_message_leaves_no_spool_behind(tmp_path: Path) -> None:
+    # httpx's ASGITransport and Starlette's TestClient send a body as one message: over
+    # 1 MiB, the front holds it in a file while the worker reads it.
+    size = 2 * MiB
+    headers = [(b"host", b"t"), (b"content-length", str(size).encode())]
+    scope = http_scope(method="POST", headers=headers)
+    async with WsgiToAsgi("apps:upload_size", workers=1, buffer_dir=str(tmp_path)) as app:
+        before = open_fds()
+        for _ in range(3):
+            sent = await call_asgi(app, scope, body=[b"x" * size])
+            assert sent[1]["body"] == str(size).encode()
+        assert open_fds() <= before
+        assert app.budget.used == 0
