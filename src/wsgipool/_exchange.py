@@ -132,7 +132,9 @@ class Exchange:
             cgi["CONTENT_LENGTH"] = str(spool.size)  # exact, even for a chunked upload
             body, more = b"", False
             if spool.size <= INLINE_BODY:
-                body, spool = b"".join(iter(spool.get, None)), None
+                body = b"".join(iter(spool.get, None))
+                spool.close()  # it may have had to use a file (the memory budget was full)
+                spool = None
         elif self.config.max_body_size is not None and len(body) > self.config.max_body_size:
             await self.respond(413, "Payload Too Large", CLOSE)
             return
