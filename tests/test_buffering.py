@@ -253,3 +253,22 @@ async def test_a_large_body_in_one_message_leaves_no_spool_behind(tmp_path: Path
             assert sent[1]["body"] == str(size).encode()
         assert open_fds() <= before
         assert app.budget.used == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("pieces", [[b"ab", b"cd"], [b"x" * 50_000, b"y" * 50_000]])
+async def test_with_no_memory_budget_bodies_go_to_files_that_are_closed(
+    tmp_path: Path, pieces: list[bytes]
+) -> None:
+    options = {"workers": 1, "buffer_dir": str(tmp_path), "buffer_memory": 0}
+    async with WsgiToAsgi("apps:digest", **options) as app:
+        before = open_fds()
+        for _ in range(3):
+            sent = await call_asgi(app, http_scope(method="POST"), body=pieces)
+            data = b"".join(pieces)
+            assert json.loads(sent[1]["body"]) == {
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "size": len(data),
+                "length": str(len(data)),
+            }
+        assert open_fds() <= before
