@@ -194,6 +194,18 @@ def endless(environ: Environ, start_response: Any) -> Iterable[bytes]:
     return Tracked(_q(environ, "marker"), _endless())
 
 
+def _endless_blocks() -> Iterator[bytes]:
+    block = b"b" * 65536
+    while True:
+        yield block
+
+
+def endless_blocks(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """64 KiB blocks as fast as they are taken, forever; ``?marker=PATH`` as :func:`endless`."""
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return Tracked(_q(environ, "marker"), _endless_blocks())
+
+
 def closing(environ: Environ, start_response: Any) -> Iterable[bytes]:
     start_response("200 OK", [("Content-Type", "text/plain")])
     return Tracked(_q(environ, "marker"), iter([b"a", b"b"]))

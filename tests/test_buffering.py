@@ -9,6 +9,7 @@ pace matter.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -23,7 +24,7 @@ import pytest
 
 from apps import pattern
 from asgi_helpers import call_asgi, http_scope
-from support import MiB, Reader, connect, open_fds, readable, wait_for
+from support import MiB, Reader, connect, hypercorn_thread, open_fds, readable, wait_for
 from wsgipool import WsgiToAsgi
 
 HTTP = pytest.mark.parametrize("http", ["h11", "httptools"])
@@ -32,6 +33,18 @@ HTTP = pytest.mark.parametrize("http", ["h11", "httptools"])
 def post_head(length: int, path: str = "/", *extra: str) -> bytes:
     lines = [f"POST {path} HTTP/1.1", "Host: t", f"Content-Length: {length}", *extra]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@contextlib.contextmanager
+def hosted(serve: Any, app: WsgiToAsgi, host: str) -> Iterator[int]:
+    """The port of ``app`` served by uvicorn (``h11``, ``httptools``) or hypercorn
+    (``hypercorn-asyncio``, ``hypercorn-trio``)."""
+    if host.startswith("hypercorn-"):
+        with hypercorn_thread(app, host.partition("-")[2]) as url:
+            yield int(url.rpartition(":")[2])
+    else:
+        with serve(app, http=host) as server:
+            yield server.port
 
 
 def served(app: WsgiToAsgi) -> int:
@@ -82,12 +95,12 @@ def test_trickling_uploaders_get_408_and_never_reach_a_worker(serve: Any, http: 
         assert app.stats().restarts == {}
 
 
-@HTTP
-def test_stalled_body_gets_408_after_client_timeout(serve: Any, http: str) -> None:
+@pytest.mark.parametrize("host", ["h11", "httptools", "hypercorn-trio"])
+def test_stalled_body_gets_408_after_client_timeout(serve: Any, host: str) -> None:
     app = WsgiToAsgi("apps:digest", workers=1, client_timeout=1, min_client_rate=0)
-    with serve(app, http=http) as server:
+    with hosted(serve, app, host) as port:
         for sent in (b"", b"part of it"):  # nothing at all, or a start and then nothing
-            with connect(server.port) as sock:
+            with connect(port) as sock:
                 sock.sendall(post_head(100) + sent)
                 reader = Reader(sock)
                 status, headers, body = reader.response()

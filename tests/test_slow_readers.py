@@ -81,6 +81,28 @@ def test_a_reader_that_reads_nothing_does_not_hold_the_worker(
         assert app.stats().restarts == {}
 
 
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_a_slow_reader_of_an_endless_response_is_cut_and_the_app_stopped(
+    serve: Any, http: str, tmp_path: Path, caplog: Any
+) -> None:
+    # Past max_response_buffer the worker waits for the client; once the client is cut,
+    # the app is told to stop as for a disconnect, and its close() runs.
+    marker = tmp_path / "closed"
+    options = {"max_response_buffer": "1MiB", "client_timeout": 1, "min_client_rate": 0}
+    app = WsgiToAsgi("apps:endless_blocks", workers=1, **options)
+    with serve(app, http=http) as server:
+        before = {w.pid for w in app.stats().workers}
+        with connect(server.port, rcvbuf=4096) as slow:
+            request(slow, f"/?marker={marker}")
+            assert Reader(slow).head()[0] == 200
+            wait_for(marker.exists, what="the app's close() called")
+        assert marker.read_text() == "closed"
+        assert CUT in caplog.text
+        wait_for(lambda: len(app.stats().idle) == 1, what="the worker idle")
+        assert {w.pid for w in app.stats().workers} == before
+    assert app.stats().restarts == {}
+
+
 @pytest.mark.parametrize("host", ["uvicorn", "hypercorn-trio"])
 def test_a_slow_producer_read_promptly_is_not_cut(serve: Any, host: str) -> None:
     # 50 bytes/s of events, below min_client_rate: the app is slow, not the client, so
