@@ -233,6 +233,9 @@ def test_declared_body_over_max_body_size_is_413_before_100_continue(serve: Any,
             status, _, body = reader.response()
             assert status == 200
             assert json.loads(body)["size"] == 5
+        # A chunked body has no length to check up front: it is refused once over it.
+        response = httpx.post(server.url, content=iter([b"x" * 800, b"y" * 800]), timeout=10)
+        assert (response.status_code, response.headers["connection"]) == (413, "close")
         assert served(app) == 1
 
 
