@@ -25,8 +25,8 @@ CUT = "the client reads too slowly"
 #: The two ways to be too slow: no progress for client_timeout, or an average below
 #: min_client_rate once client_rate_grace has passed (the gap rule kept out of reach).
 RULES = {
-    "idle": {"client_timeout": 2, "min_client_rate": 0},
-    "rate": {"client_timeout": 30, "min_client_rate": 8 * MiB, "client_rate_grace": 2},
+    "idle": {"client_timeout": 3, "min_client_rate": 0},
+    "rate": {"client_timeout": 30, "min_client_rate": 8 * MiB, "client_rate_grace": 3},
 }
 
 
