@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
+import random
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -94,6 +96,77 @@ def download(environ: Environ, start_response: Any) -> Iterable[bytes]:
     return _blocks(mib * 16, 65536)
 
 
+def pattern(size: int, seed: int = 0, block: int = 65536) -> Iterator[bytes]:
+    """``size`` pseudo-random bytes in ``block``-sized pieces, the same for the same seed:
+    a body whose every byte can be checked."""
+    rng = random.Random(seed)
+    while size > 0:
+        piece = rng.randbytes(min(block, size))
+        size -= len(piece)
+        yield piece
+
+
+def digest(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """The body's SHA-256 and size, and the CONTENT_LENGTH the app was given, as JSON."""
+    stream = environ["wsgi.input"]
+    hasher, size = hashlib.sha256(), 0
+    while block := stream.read(65536):
+        hasher.update(block)
+        size += len(block)
+    body = json.dumps(
+        {"sha256": hasher.hexdigest(), "size": size, "length": environ.get("CONTENT_LENGTH")}
+    )
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body.encode()]
+
+
+def random_download(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """``?mib=N&seed=S``: :func:`pattern` bytes, N MiB with a Content-Length."""
+    size = int(_q(environ, "mib", "1")) << 20
+    start_response("200 OK", [("Content-Length", str(size))])
+    return pattern(size, int(_q(environ, "seed", "0")))
+
+
+def line_echo(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """Echoes each line of the body as soon as it has read it (a body processed as it
+    arrives), with the worker's pid in ``X-Worker-Pid``."""
+    stream = environ["wsgi.input"]
+    start_response("200 OK", [("X-Worker-Pid", str(os.getpid()))])
+    return iter(stream.readline, b"")
+
+
+def refused(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """Responses a WSGI app may produce that h11 refuses to send, by ``?how=``: a body on
+    a 204 (``204``, or ``204-endless`` streamed until the app is told to stop), or an
+    interim status as the final one (``1xx``); otherwise the worker's pid."""
+    how = _q(environ, "how")
+    if how == "1xx":
+        start_response("103 Early Hints", [])
+        return [b""]
+    if how == "204":
+        start_response("204 No Content", [])
+        return [b"a body where none may be"]
+    if how == "204-endless":
+        start_response("204 No Content", [])
+        return _endless()
+    return pid(environ, start_response)
+
+
+def slow_stream(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """``?n=N&every=S&mib=M``: N events of 10 bytes, one every S seconds (a slow producer,
+    such as server-sent events or a long poll), then M MiB at once."""
+    count, every = int(_q(environ, "n", "10")), float(_q(environ, "every", "0.2"))
+    start_response("200 OK", [("Content-Type", "text/event-stream")])
+    return _events(count, every, int(_q(environ, "mib", "0")))
+
+
+def _events(count: int, every: float, mib: int) -> Iterator[bytes]:
+    for i in range(count):
+        time.sleep(every)
+        yield b"data: %02d\n\n" % (i % 100)
+    yield from _blocks(mib * 16, 65536)
+
+
 class Tracked:
     """An iterable that records in a file when close() was called."""
 
@@ -119,6 +192,18 @@ def endless(environ: Environ, start_response: Any) -> Iterable[bytes]:
     """Streams forever; ``?marker=PATH`` gets "closed" written when close() runs."""
     start_response("200 OK", [("Content-Type", "text/plain")])
     return Tracked(_q(environ, "marker"), _endless())
+
+
+def _endless_blocks() -> Iterator[bytes]:
+    block = b"b" * 65536
+    while True:
+        yield block
+
+
+def endless_blocks(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """64 KiB blocks as fast as they are taken, forever; ``?marker=PATH`` as :func:`endless`."""
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return Tracked(_q(environ, "marker"), _endless_blocks())
 
 
 def closing(environ: Environ, start_response: Any) -> Iterable[bytes]:

@@ -32,14 +32,16 @@ async def call_asgi(
     scope: dict[str, Any] | None = None,
     body: Sequence[bytes] = (b"",),
     disconnect_after: int | None = None,
+    sent: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Send ``body`` as http.request messages; return every message the app sent.
 
     After the body, ``receive`` blocks like a real server until the response is complete,
     or, with ``disconnect_after=N``, reports ``http.disconnect`` once N messages were sent.
+    Messages go to ``sent`` as they come, so a caller still has them if the app raises.
     """
     scope = scope or http_scope()
-    sent: list[dict[str, Any]] = []
+    sent = [] if sent is None else sent
     chunks = list(body)
     gone = anyio.Event()
 

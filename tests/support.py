@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -287,3 +288,130 @@ def host_command(host: str, module: str, port: int) -> list[str]:
             "--workers", "1", module,
         ]  # fmt: skip
     raise ValueError(host)
+
+
+MiB = 1 << 20
+
+
+def rss() -> int:
+    """Resident memory of this process (the front, when the server runs in a thread)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Samples this process's RSS in a thread; ``growth`` is peak minus start."""
+
+    def __enter__(self) -> PeakRSS:
+        self.start = self.peak = rss()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self.done.wait(0.005):
+            self.peak = max(self.peak, rss())
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.start
+
+
+def open_fds() -> set[int]:
+    """This process's open file descriptors."""
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def connect(port: int, rcvbuf: int | None = None, timeout: float = 10.0) -> socket.socket:
+    """A raw TCP connection to 127.0.0.1:``port``; ``rcvbuf`` shrinks its receive buffer
+    (set before connecting, so the window it announces stays small)."""
+    sock = socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(timeout)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def readable(sock: socket.socket, timeout: float) -> bool:
+    """Has ``sock`` something to read (or been closed) within ``timeout`` seconds?"""
+    return bool(select.select([sock], [], [], timeout)[0])
+
+
+class Reader:
+    """Reads HTTP/1.1 responses off a raw socket, keeping every byte it saw."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+        self.raw = b""  # everything received so far
+
+    def _fill(self) -> bool:
+        try:
+            data = self.sock.recv(65536)
+        except ConnectionResetError:
+            data = b""
+        self.raw += data
+        self.buffer += data
+        return bool(data)
+
+    def head(self) -> tuple[int, dict[str, str]]:
+        """The next response head (an interim 1xx one included): status and headers."""
+        while b"\r\n\r\n" not in self.buffer:
+            if not self._fill():
+                raise ConnectionError(f"closed before a response head: {self.raw!r}")
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return int(status_line.split()[1]), headers
+
+    def body(self, headers: dict[str, str]) -> bytes:
+        """The body that follows ``headers`` (by Content-Length, chunked, or to the end)."""
+        if "content-length" in headers:
+            size = int(headers["content-length"])
+            while len(self.buffer) < size and self._fill():
+                pass
+            body, self.buffer = self.buffer[:size], self.buffer[size:]
+            return body
+        if headers.get("transfer-encoding") == "chunked":
+            parts = []
+            while True:
+                while b"\r\n" not in self.buffer:
+                    if not self._fill():
+                        return b"".join(parts)
+                line = self.buffer.partition(b"\r\n")[0]
+                size = int(line.split(b";")[0], 16)
+                start = len(line) + 2
+                while len(self.buffer) < start + size + 2 and self._fill():
+                    pass
+                parts.append(self.buffer[start : start + size])
+                self.buffer = self.buffer[start + size + 2 :]
+                if size == 0:
+                    return b"".join(parts)
+        while self._fill():
+            pass
+        body, self.buffer = self.buffer, b""
+        return body
+
+    def response(self) -> tuple[int, dict[str, str], bytes]:
+        """The next final response (1xx ones skipped): status, headers, body."""
+        status, headers = self.head()
+        while status < 200:
+            status, headers = self.head()
+        return status, headers, self.body(headers)
+
+    def closed(self) -> bool:
+        """Does the peer close the connection, with nothing more sent (within the socket's
+        timeout)?"""
+        try:
+            return not self._fill() and not self.buffer
+        except TimeoutError:
+            return False

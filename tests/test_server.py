@@ -12,37 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
+from support import MiB, PeakRSS
 from wsgipool import WsgiToAsgi
-
-MiB = 1 << 20
-
-
-def rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakRSS:
-    """Samples this process's RSS in a thread; ``growth`` is peak minus start."""
-
-    def __enter__(self) -> PeakRSS:
-        self.start = self.peak = rss()
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._sample)
-        self.thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self.done.wait(0.005):
-            self.peak = max(self.peak, rss())
-
-    def __exit__(self, *exc: object) -> None:
-        self.done.set()
-        self.thread.join()
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.start
 
 
 def test_hello_under_uvicorn(serve: Any) -> None:

@@ -11,11 +11,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._errors import (
+    AppError,
     AppLoadError,
     ConfigError,
     OverloadedError,
     PoolClosedError,
     ProtocolError,
+    RemoteTraceback,
     RequestNotSentError,
     WorkerError,
     WorkerGoneError,
@@ -42,6 +44,7 @@ _LAZY = {
 }
 
 __all__ = (
+    "AppError",
     "AppLoadError",
     "Config",
     "ConfigError",
@@ -49,6 +52,7 @@ __all__ = (
     "PoolClosedError",
     "PoolStats",
     "ProtocolError",
+    "RemoteTraceback",
     "RequestNotSentError",
     "WorkerError",
     "WorkerGoneError",

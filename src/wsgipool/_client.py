@@ -64,16 +64,25 @@ class BodyRefused(Exception):
         self.status = status
 
 
+async def first_message(receive: Receive, pace: Pace) -> Message:
+    """The request's first message, which the server gives only once a byte of the body
+    came: a client that sends its headers and then nothing gets 408 like a slow one."""
+    with anyio.move_on_after(max(pace.begin(), 0)):
+        message = await receive()
+        pace.end(len(message.get("body", b"")))
+        return message
+    raise BodyRefused(408, f"no body: {pace.why()}")
+
+
 async def take_body(
-    receive: Receive, first: Message, config: Config, budget: MemoryBudget
+    receive: Receive, first: Message, config: Config, budget: MemoryBudget, pace: Pace
 ) -> Spool | None:
     """The whole request body, held by the front; None if the client left meanwhile.
 
     Raises :class:`BodyRefused` with 413 past ``max_body_size`` and with 408 for a client
-    slower than :class:`Pace` allows.
+    slower than ``pace`` allows (the pace of the whole body, first message included).
     """
     spool = Spool(budget, config.buffer_dir)
-    pace = Pace(config)
     limit = config.max_body_size
     message = first
     try:
@@ -81,7 +90,7 @@ async def take_body(
             while True:
                 chunk: bytes = message.get("body", b"")
                 if chunk:
-                    if limit is not None and pace.moved + len(chunk) > limit:
+                    if limit is not None and spool.size + len(chunk) > limit:
                         raise BodyRefused(413, f"body over max_body_size ({limit} bytes)")
                     spool.put(chunk)
                 if not message.get("more_body", False):

@@ -17,7 +17,7 @@ import logging
 import math
 
 from . import _protocol as proto
-from ._client import BodyRefused, take_body
+from ._client import BodyRefused, Pace, first_message, take_body
 from ._errors import (
     AppLoadError,
     OverloadedError,
@@ -57,6 +57,7 @@ class Exchange:
         self.too_large = False
         self.failure: BaseException | None = None  # raised from __call__ once done
         self.lease: Lease | None = None
+        self.pace: Pace | None = None  # the client's pace sending a buffered body
 
     # -- sending --------------------------------------------------------------------
 
@@ -97,32 +98,50 @@ class Exchange:
             return True
         return False
 
+    async def first_message(self, cgi: dict[str, str]) -> Message | None:
+        """The request's first message; None once answered (408: the client declared a
+        body and sent none of it in time, with buffering on)."""
+        if not self.config.buffer_requests or not (
+            "CONTENT_LENGTH" in cgi or "HTTP_TRANSFER_ENCODING" in cgi
+        ):
+            return await self.receive()  # no body to wait for (or the app's to wait on)
+        self.pace = Pace(self.config)
+        try:
+            return await first_message(self.receive, self.pace)
+        except BodyRefused as exc:
+            await self._refuse(exc)
+            return None
+
+    async def _refuse(self, exc: BodyRefused) -> None:
+        log.warning("%d for %s: %s", exc.status, self.request_line, exc)
+        await self.respond(exc.status, "Request Timeout" if exc.status == 408
+                           else "Payload Too Large", CLOSE)  # fmt: skip
+
     async def run(self, cgi: dict[str, str], first: Message) -> None:
         body: bytes = first.get("body", b"")
         more: bool = first.get("more_body", False)
         spool: Spool | None = None
         if more and self.config.buffer_requests:
+            pace = self.pace or Pace(self.config)
             try:
-                spool = await take_body(self.receive, first, self.config, self.budget)
+                spool = await take_body(self.receive, first, self.config, self.budget, pace)
             except BodyRefused as exc:
-                log.warning("%d for %s: %s", exc.status, self.request_line, exc)
-                await self.respond(exc.status, "Request Timeout" if exc.status == 408
-                                   else "Payload Too Large", CLOSE)  # fmt: skip
+                await self._refuse(exc)
                 return
             if spool is None:
                 return  # the client left
             cgi["CONTENT_LENGTH"] = str(spool.size)  # exact, even for a chunked upload
             body, more = b"", False
             if spool.size <= INLINE_BODY:
-                body, spool = b"".join(iter(spool.get, None)), None
+                body = b"".join(iter(spool.get, None))
+                spool.close()  # it may have had to use a file (the memory budget was full)
+                spool = None
         elif self.config.max_body_size is not None and len(body) > self.config.max_body_size:
             await self.respond(413, "Payload Too Large", CLOSE)
             return
-        try:
-            await self._run(cgi, body, more, spool)
-        finally:
-            if spool is not None:
-                spool.close()
+        elif self.config.buffer_requests and "HTTP_TRANSFER_ENCODING" in cgi:
+            cgi["CONTENT_LENGTH"] = str(len(body))  # a chunked body complete at once
+        await self._run(cgi, body, more, spool)
         if self.failure is not None:
             raise self.failure
 
@@ -135,9 +154,13 @@ class Exchange:
             payload += proto.body_frames(body)
         if spool is None and not more:
             payload.append(proto.EOF_FRAME)
-        lease = await self._dispatch(payload, watch=not more)
-        if lease is not None:
-            await Relay(self, lease).run(more, len(body), spool)
+        try:
+            lease = await self._dispatch(payload, watch=not more)
+            if lease is not None:
+                await Relay(self, lease).run(more, len(body), spool)
+        finally:
+            if spool is not None:
+                spool.close()  # its file and its share of the memory budget
 
     async def _dispatch(self, payload: list[bytes | memoryview], watch: bool) -> Lease | None:
         """Hand the request to a worker; one that was gone before it read a byte of it is

@@ -169,8 +169,8 @@ class WsgiToAsgiInstance:
             return
         if await exchange.refuse_early(cgi):
             return
-        first = await receive()
-        if first["type"] != "http.request":
+        first = await exchange.first_message(cgi)
+        if first is None or first["type"] != "http.request":
             return  # http.disconnect before the body: nobody to answer
         await exchange.run(cgi, first)
 

@@ -36,8 +36,9 @@ app_log = logging.getLogger("wsgipool.app")
 PATIENCE = 0.05
 END_MESSAGE: dict[str, Any] = {"type": "http.response.body"}
 CLOSE = (b"connection", b"close")
-#: Largest message made of queued chunks joined together.
-COALESCE = 1024 * 1024
+#: Largest message made of queued chunks joined together: a slow client holds at most
+#: this much in the server's own write buffer.
+COALESCE = 256 * 1024
 #: A queued body chunk: the message is built from the spool's next chunk when sent.
 CHUNK = None
 Item = Message | None
