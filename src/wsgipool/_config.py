@@ -8,6 +8,7 @@ twice.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import ConfigError
+from ._guard import Limits
 
 _UNITS = {
     "": 1,
@@ -158,6 +160,15 @@ class Config:
     )
     metrics_path: str = option("/-/metrics", "path of the metrics", str)
     status: bool = option(False, "serve a status page for people at /-/status", parse_bool)
+    limit_request_line: int = option(
+        4094, "longest request line, in bytes (414 above it); 0: no limit", int
+    )
+    limit_request_fields: int = option(
+        100, "most header fields in one request (431 above it); 0: no limit", int
+    )
+    limit_request_field_size: int = option(
+        8190, "largest header field, name and value, in bytes (431 above it); 0: no limit", int
+    )
 
     def __post_init__(self) -> None:
         checks = {
@@ -173,6 +184,8 @@ class Config:
         for name in ("max_body_size", "max_rss", "max_lifetime"):
             value = getattr(self, name)
             checks[name] = value is None or value > 0
+        for name in ("limit_request_line", "limit_request_fields", "limit_request_field_size"):
+            checks[name] = getattr(self, name) >= 0
         checks["max_lifetime_jitter"] = self.max_lifetime_jitter >= 0
         checks["idle_timeout"] = self.idle_timeout > 0
         checks["log_level"] = self.log_level.lower() in LOG_LEVELS
@@ -188,6 +201,13 @@ class Config:
         for name, ok in checks.items():
             if not ok:
                 raise ConfigError(f"invalid {name}: {getattr(self, name)!r}")
+
+    @functools.cached_property
+    def limits(self) -> Limits:
+        """The header limits, for the guard and the server layer."""
+        return Limits(
+            self.limit_request_line, self.limit_request_fields, self.limit_request_field_size
+        )
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Config:
