@@ -94,11 +94,14 @@ class Limits:
         return None
 
 
+CONNECT_REFUSED = Refusal(405, "connect", "CONNECT cannot be served by a WSGI app")
+
+
 def refusal(scope: Scope, limits: Limits) -> Refusal | None:
     """Why the request of ``scope`` must not reach the app, or None."""
     method: str = scope.get("method", "GET")
     if method == "CONNECT":
-        return Refusal(405, "connect", "CONNECT cannot be served by a WSGI app")
+        return CONNECT_REFUSED
     target = scope.get("raw_path") or scope.get("path", "").encode("utf-8", "replace")
     query = scope.get("query_string", b"")
     line = len(method) + len(target) + (len(query) + 1 if query else 0) + len(" HTTP/1.1") + 1

@@ -27,7 +27,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ._edge import EdgeSettings, HeadScanner
-from ._guard import LOG_EVERY, Refusal
+from ._guard import CONNECT_REFUSED, LOG_EVERY, Refusal
 
 _TIMED_OUT = Refusal(408, "header_timeout", "the request head took too long")
 _TOO_MANY = Refusal(503, "max_connections", "too many open connections")
@@ -182,20 +182,41 @@ class EdgeHttpToolsProtocol(EdgeMixin, HttpToolsProtocol):
     def inside_head(self) -> bool:
         return self.in_head or self.idle
 
+    # After a refusal the parser still runs to the end of the read: nothing more starts.
+
     def on_message_begin(self) -> None:
         self.idle, self.in_head = False, True
-        super().on_message_begin()
+        if not self.refused:
+            super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if not self.refused:
+            super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.refused:
+            super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self.in_head = False
+        if self.refused:
+            return
+        if self.parser.get_method() == b"CONNECT":  # its authority-form target is no URL
+            self.refuse(CONNECT_REFUSED)
+            return
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self.refused:
+            super().on_body(body)
 
     def on_message_complete(self) -> None:
         self.idle = True
-        super().on_message_complete()
+        if not self.refused:
+            super().on_message_complete()
 
     def _unsupported_upgrade_warning(self) -> None:
-        if self.scope.get("method") != "CONNECT":  # the guard refuses CONNECT, and logs it
+        if not self.refused:  # CONNECT, refused and logged already
             super()._unsupported_upgrade_warning()
 
 
