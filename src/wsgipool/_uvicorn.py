@@ -77,6 +77,7 @@ class EdgeMixin:
             return
         if self.scanner is None and self.between_messages():
             self.scanner = HeadScanner(self.edge.limits)
+        if self.inside_head():
             self.arm()
         found = self.scan(data)
         if found is not None:
@@ -109,6 +110,8 @@ class EdgeMixin:
         super().on_response_complete()  # type: ignore[misc]
         if self.cycle is not cycle:  # a pipelined head was complete already
             self.head_complete()
+        elif self.inside_head() and not self.between_messages():  # part of one came
+            self.arm()
 
     def arm(self) -> None:
         timeout = self.edge.header_timeout
@@ -122,8 +125,9 @@ class EdgeMixin:
 
     def header_timed_out(self) -> None:
         self.head_timer = None
-        if self.transport.is_closing():
-            return
+        protocol: object = self.transport.get_protocol()
+        if self.transport.is_closing() or protocol is not self:
+            return  # closed, or upgraded to a WebSocket
         if self.cycle is not None and not self.cycle.response_complete:
             self.arm()  # a pipelined head waits behind a response in progress
             return
@@ -151,7 +155,8 @@ class EdgeMixin:
             self.edge.refusals.closed(found.reason, found.detail, self.client)
         else:
             self.edge.refusals.refused(found, self.client)
-        self.transport.write(found.response())
+        if self.cycle is None or self.cycle.response_complete:  # else it would interleave
+            self.transport.write(found.response())
         self.transport.close()
 
 
