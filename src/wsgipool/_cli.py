@@ -269,7 +269,7 @@ class Serving:
                 timeout_keep_alive=int(args.keep_alive),
                 timeout_graceful_shutdown=None if graceful is None else math.ceil(graceful),
                 http=protocol_class(self.parser, self.edge),
-                h11_max_incomplete_event_size=self.edge.head_cap(),
+                h11_max_incomplete_event_size=self.edge.head_cap,
                 **tls,
             )
         )  # fmt: skip

@@ -8,6 +8,7 @@ still decides what the head means, and ``_guard.refusal`` checks the parsed resu
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from ._guard import Limits, Refusal, Refusals
@@ -28,6 +29,7 @@ class EdgeSettings:
     max_connections: int | None
     refusals: Refusals
 
+    @functools.cached_property
     def head_cap(self) -> int | None:
         """The most bytes a request head may take with every limit at its largest."""
         limits = self.limits
@@ -41,6 +43,15 @@ def max_connections_for(open_files: int, workers: int) -> int:
     holds a few descriptors (pipes, its pidfd) and the front needs some of its own."""
     reserve = 64 + 4 * workers
     return max(1, min(MAX_CONNECTIONS, open_files - reserve))
+
+
+def small_head(data: bytes, limits: Limits) -> bool:
+    """Does ``data`` begin with a whole head too small to pass any limit? (The usual
+    case, checked with two scans in C; else a :class:`HeadScanner` looks line by line.)"""
+    end = data.find(b"\r\n\r\n")
+    if not 0 < end <= limits.shortest_line:
+        return False
+    return not limits.fields or data.count(b"\n", 0, end) <= limits.fields
 
 
 class HeadScanner:

@@ -13,6 +13,7 @@ status page, and logs them at a rate that cannot flood the log.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -77,6 +78,12 @@ class Limits:
     request_line: int = 4094
     fields: int = 100
     field_size: int = 8190
+
+    @functools.cached_property
+    def shortest_line(self) -> int:
+        """No line of a head this long or shorter is over a limit."""
+        sizes = [size for size in (self.request_line, self.field_size) if size]
+        return min(sizes) if sizes else 1 << 62
 
     def line_refusal(self, length: int) -> Refusal | None:
         if self.request_line and length > self.request_line:

@@ -26,8 +26,8 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from ._edge import EdgeSettings, HeadScanner
-from ._guard import CONNECT_REFUSED, LOG_EVERY, Refusal
+from ._edge import EdgeSettings, HeadScanner, small_head
+from ._guard import LOG_EVERY, Refusal
 
 _TIMED_OUT = Refusal(408, "header_timeout", "the request head took too long")
 _TOO_MANY = Refusal(503, "max_connections", "too many open connections")
@@ -49,6 +49,7 @@ class EdgeMixin:
         super().__init__(*args, **kwargs)
         self.scanner: HeadScanner | None = None
         self.loose = 0  # bytes of a head that began inside a read
+        self.head_deadline: float | None = None  # loop time the head must be complete by
         self.head_timer: asyncio.TimerHandle | None = None
         self.refused = False
 
@@ -70,40 +71,46 @@ class EdgeMixin:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.disarm()
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
         super().connection_lost(exc)  # type: ignore[misc]
 
     def data_received(self, data: bytes) -> None:
         if self.refused:
             return
-        if self.scanner is None and self.between_messages():
-            self.scanner = HeadScanner(self.edge.limits)
-        if self.inside_head():
+        if self.scanner is not None or self.between_messages():
             self.arm()
-        found = self.scan(data)
+            found = self.scan(data)
+        elif self.inside_head():  # a head that began inside an earlier read
+            self.arm()
+            self.loose += len(data)
+            cap = self.edge.head_cap
+            found = _HEAD_TOO_LARGE if cap is not None and self.loose > cap else None
+        else:  # a body
+            found = None
         if found is not None:
             self.refuse(found)
             return
         cycle = self.cycle
         super().data_received(data)  # type: ignore[misc]
-        if self.cycle is not cycle:
+        if self.cycle is not cycle:  # the parser has a whole head: the clock stops
             self.head_complete()
 
     def scan(self, data: bytes) -> Refusal | None:
-        if self.scanner is not None:
-            found = self.scanner.feed(data)
-            if self.scanner.done:
-                self.scanner = None
-            return found
-        if self.inside_head():
-            self.loose += len(data)
-            cap = self.edge.head_cap()
-            if cap is not None and self.loose > cap:
-                return _HEAD_TOO_LARGE
-        return None
+        """Look at the start of a head (or its continuation) before the parser does."""
+        if self.scanner is None:
+            if small_head(data, self.edge.limits):
+                return None
+            self.scanner = HeadScanner(self.edge.limits)
+        found = self.scanner.feed(data)
+        if self.scanner.done:
+            self.scanner = None
+        return found
 
     def head_complete(self) -> None:
         self.loose = 0
-        self.disarm()
+        self.head_deadline = None
 
     def on_response_complete(self) -> None:
         cycle = self.cycle
@@ -114,17 +121,30 @@ class EdgeMixin:
             self.arm()
 
     def arm(self) -> None:
+        """Start the head's clock (a no-op while it runs). One timer per connection at a
+        time: a head that completes only clears the deadline, so a kept-alive connection
+        schedules no timer per request."""
         timeout = self.edge.header_timeout
-        if timeout is not None and self.head_timer is None:
-            self.head_timer = self.loop.call_later(timeout, self.header_timed_out)
+        if timeout is None or self.head_deadline is not None:
+            return
+        self.head_deadline = self.loop.time() + timeout
+        if self.head_timer is None:
+            self.head_timer = self.loop.call_at(self.head_deadline, self.header_timer)
 
     def disarm(self) -> None:
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
+        self.head_deadline = None
+
+    def header_timer(self) -> None:
+        self.head_timer = None
+        if self.head_deadline is None:
+            return
+        if self.loop.time() < self.head_deadline:  # a later head: wait for its deadline
+            self.head_timer = self.loop.call_at(self.head_deadline, self.header_timer)
+            return
+        self.head_deadline = None
+        self.header_timed_out()
 
     def header_timed_out(self) -> None:
-        self.head_timer = None
         protocol: object = self.transport.get_protocol()
         if self.transport.is_closing() or protocol is not self:
             return  # closed, or upgraded to a WebSocket
@@ -187,41 +207,22 @@ class EdgeHttpToolsProtocol(EdgeMixin, HttpToolsProtocol):
     def inside_head(self) -> bool:
         return self.in_head or self.idle
 
-    # After a refusal the parser still runs to the end of the read: nothing more starts.
-
     def on_message_begin(self) -> None:
         self.idle, self.in_head = False, True
-        if not self.refused:
-            super().on_message_begin()
-
-    def on_url(self, url: bytes) -> None:
-        if not self.refused:
-            super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.refused:
-            super().on_header(name, value)
+        super().on_message_begin()
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        if self.refused:
-            return
-        if self.parser.get_method() == b"CONNECT":  # its authority-form target is no URL
-            self.refuse(CONNECT_REFUSED)
-            return
+        if self.url[:1] != b"/" and self.parser.get_method() == b"CONNECT":
+            self.url = b"/"  # no URL to uvicorn: the adapter answers 405 to any CONNECT
         super().on_headers_complete()
-
-    def on_body(self, body: bytes) -> None:
-        if not self.refused:
-            super().on_body(body)
 
     def on_message_complete(self) -> None:
         self.idle = True
-        if not self.refused:
-            super().on_message_complete()
+        super().on_message_complete()
 
     def _unsupported_upgrade_warning(self) -> None:
-        if not self.refused:  # CONNECT, refused and logged already
+        if self.scope.get("method") != "CONNECT":  # refused by the adapter, and logged
             super()._unsupported_upgrade_warning()
 
 
