@@ -345,6 +345,35 @@ def test_tls_with_a_certificate_made_here(front: Callable[..., Front], tmp_path:
     assert server.stop() == 0
 
 
+def test_tls_client_certificates(front: Callable[..., Front], tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1")
+    certfile, cafile = tmp_path / "server.pem", tmp_path / "ca.pem"
+    server_cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    ca.cert_pem.write_to_path(str(cafile))
+    server = front(
+        "apps:pid", "-w", "1", "--certfile", str(certfile), "--ca-certs", str(cafile),
+        "--cert-reqs", "required",
+    )  # fmt: skip
+    url = server.url.replace("http://", "https://")
+    with_cert = ssl.create_default_context(cafile=str(cafile))
+    ca.issue_cert("client@example.com").configure_cert(with_cert)
+    without = ssl.create_default_context(cafile=str(cafile))
+
+    def up() -> bool:
+        assert server.proc.poll() is None, server.output()
+        try:
+            return httpx.get(url + "/-/readyz", verify=with_cert, timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(up, 30, "the HTTPS front")
+    assert httpx.get(url + "/", verify=with_cert, timeout=30).status_code == 200
+    with pytest.raises(httpx.TransportError):  # no client certificate: no request
+        httpx.get(url + "/", verify=without, timeout=10)
+    assert server.stop() == 0
+
+
 def test_tls_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from wsgipool._cli import main
 
@@ -353,6 +382,8 @@ def test_tls_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["serve", "apps:pid", "--certfile", str(tmp_path / "none.pem")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert main(["serve", "apps:pid", "--cert-reqs", "sometimes"]) == 2
+    assert main(["serve", "apps:pid", "--header-timeout", "0"]) == 2
+    assert "invalid header_timeout" in capsys.readouterr().err
 
 
 # -- the rules themselves -------------------------------------------------------------------

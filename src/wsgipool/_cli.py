@@ -246,6 +246,8 @@ class Serving:
         configure_logging(args.log_level)
         quiet_repeats()
         tls = tls_options(args)
+        if args.header_timeout is not None and args.header_timeout <= 0:
+            raise ConfigError(f"invalid header_timeout: {args.header_timeout}")
         self.parser = parser_of(args.http)
         self.listeners: list[Listener] = []
         try:
