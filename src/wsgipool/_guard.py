@@ -112,22 +112,18 @@ def refusal(scope: Scope, limits: Limits) -> Refusal | None:
     target = scope.get("raw_path") or scope.get("path", "").encode("utf-8", "replace")
     query = scope.get("query_string", b"")
     line = len(method) + len(target) + (len(query) + 1 if query else 0) + len(" HTTP/1.1") + 1
-    found = limits.line_refusal(line)
-    if found is not None:
-        return found
+    if line > limits.request_line > 0:
+        return limits.line_refusal(line)
     headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
-    found = limits.count_refusal(len(headers))
-    if found is not None:
-        return found
-    lengths, chunked = set(), False
-    for name, value in headers:
-        found = limits.field_refusal(len(name) + len(value) + 2)
-        if found is not None:
-            return found
-        lowered = name.lower()
-        if lowered == b"content-length":
+    if len(headers) > limits.fields > 0:
+        return limits.count_refusal(len(headers))
+    largest, lengths, chunked = limits.field_size - 2, set(), False
+    for name, value in headers:  # names are lowercase in ASGI
+        if len(name) + len(value) > largest >= 0:
+            return limits.field_refusal(len(name) + len(value) + 2)
+        if name == b"content-length":
             lengths.add(value.strip())
-        elif lowered == b"transfer-encoding":
+        elif name == b"transfer-encoding":
             chunked = True
     if chunked and lengths:
         return Refusal(400, "framing", "both Content-Length and Transfer-Encoding")

@@ -27,7 +27,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ._edge import EdgeSettings, HeadScanner, small_head
-from ._guard import LOG_EVERY, Refusal
+from ._guard import CONNECT_REFUSED, LOG_EVERY, Refusal
 
 _TIMED_OUT = Refusal(408, "header_timeout", "the request head took too long")
 _TOO_MANY = Refusal(503, "max_connections", "too many open connections")
@@ -79,16 +79,13 @@ class EdgeMixin:
     def data_received(self, data: bytes) -> None:
         if self.refused:
             return
-        if self.scanner is not None or self.between_messages():
-            self.arm()
-            found = self.scan(data)
-        elif self.inside_head():  # a head that began inside an earlier read
-            self.arm()
-            self.loose += len(data)
-            cap = self.edge.head_cap
-            found = _HEAD_TOO_LARGE if cap is not None and self.loose > cap else None
-        else:  # a body
-            found = None
+        if self.scanner is None and self.between_messages():
+            if small_head(data, self.edge.limits):  # the usual case: nothing to count
+                self.head_deadline = None  # the parser has the whole head now
+                super().data_received(data)  # type: ignore[misc]
+                return
+            self.scanner = HeadScanner(self.edge.limits)
+        found = self.scan(data)
         if found is not None:
             self.refuse(found)
             return
@@ -98,27 +95,23 @@ class EdgeMixin:
             self.head_complete()
 
     def scan(self, data: bytes) -> Refusal | None:
-        """Look at the start of a head (or its continuation) before the parser does."""
-        if self.scanner is None:
-            if small_head(data, self.edge.limits):
-                return None
-            self.scanner = HeadScanner(self.edge.limits)
-        found = self.scanner.feed(data)
-        if self.scanner.done:
-            self.scanner = None
-        return found
+        """Count the bytes of a head before the parser buffers them."""
+        if self.scanner is not None:
+            self.arm()
+            found = self.scanner.feed(data)
+            if self.scanner.done:
+                self.scanner = None
+            return found
+        if self.inside_head():  # a head that began inside an earlier read
+            self.arm()
+            self.loose += len(data)
+            cap = self.edge.head_cap
+            return _HEAD_TOO_LARGE if cap is not None and self.loose > cap else None
+        return None  # a body
 
     def head_complete(self) -> None:
         self.loose = 0
         self.head_deadline = None
-
-    def on_response_complete(self) -> None:
-        cycle = self.cycle
-        super().on_response_complete()  # type: ignore[misc]
-        if self.cycle is not cycle:  # a pipelined head was complete already
-            self.head_complete()
-        elif self.inside_head() and not self.between_messages():  # part of one came
-            self.arm()
 
     def arm(self) -> None:
         """Start the head's clock (a no-op while it runs). One timer per connection at a
@@ -192,34 +185,39 @@ class EdgeH11Protocol(EdgeMixin, H11Protocol):
     def inside_head(self) -> bool:
         return self.conn.their_state in (h11.IDLE, h11.DONE)
 
+    def on_response_complete(self) -> None:
+        """h11 parses a pipelined request only now: its head may be complete, or partial."""
+        cycle = self.cycle
+        super().on_response_complete()
+        if self.cycle is not cycle:
+            self.head_complete()
+        elif self.inside_head() and not self.between_messages():
+            self.arm()
+
 
 class EdgeHttpToolsProtocol(EdgeMixin, HttpToolsProtocol):
-    """uvicorn's httptools protocol with the edge."""
+    """uvicorn's httptools protocol with the edge.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.idle = True  # between two messages
-        self.in_head = False
+    Where the parser is comes from uvicorn's own state, so no parser callback is
+    wrapped: a new head gets a new ``scope``, a complete head a new ``cycle`` holding
+    that scope, a complete message ``more_body = False``.
+    """
 
     def between_messages(self) -> bool:
-        return self.idle
+        cycle = self.cycle
+        if cycle is None:
+            return self.scope is None
+        return cycle.scope is self.scope and not cycle.more_body
 
     def inside_head(self) -> bool:
-        return self.in_head or self.idle
+        cycle = self.cycle
+        return cycle is None or cycle.scope is not self.scope or not cycle.more_body
 
-    def on_message_begin(self) -> None:
-        self.idle, self.in_head = False, True
-        super().on_message_begin()
-
-    def on_headers_complete(self) -> None:
-        self.in_head = False
-        if self.url[:1] != b"/" and self.parser.get_method() == b"CONNECT":
-            self.url = b"/"  # no URL to uvicorn: the adapter answers 405 to any CONNECT
-        super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        self.idle = True
-        super().on_message_complete()
+    def send_400_response(self, msg: str) -> None:
+        if self.scope is not None and self.scope.get("method") == "CONNECT":
+            self.refuse(CONNECT_REFUSED)  # its authority-form target is no URL to uvicorn
+            return
+        super().send_400_response(msg)
 
     def _unsupported_upgrade_warning(self) -> None:
         if self.scope.get("method") != "CONNECT":  # refused by the adapter, and logged
