@@ -18,6 +18,8 @@ from typing import Any
 import anyio
 import httpx
 
+TESTS = Path(__file__).parent
+
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
     """Poll ``predicate`` until it is true; fail after ``timeout`` seconds."""
@@ -415,3 +417,47 @@ class Reader:
             return not self._fill() and not self.buffer
         except TimeoutError:
             return False
+
+
+class Front:
+    """``python -m wsgipool serve ...`` in a subprocess on a free loopback port."""
+
+    def __init__(self, tmp_path: Path, *args: str, cwd: Path = TESTS, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp_path / f"front-{self.port}.log"
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        command = [sys.executable, "-m", "wsgipool", "serve", *args]
+        command += ["-b", f"127.0.0.1:{self.port}"]
+        self.proc = subprocess.Popen(
+            command, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **env}
+        )
+
+    def ready(self, timeout: float = 30.0) -> Front:
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the front exited early:\n{self.output()}")
+            try:
+                return httpx.get(self.url + "/-/readyz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, timeout, "the front to be ready")
+        return self
+
+    def get(self, path: str = "/") -> httpx.Response:
+        return httpx.get(self.url + path, timeout=30)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.log.close()

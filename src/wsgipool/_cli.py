@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.util
 import math
 import os
 import re
+import resource
 import signal
+import ssl
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,6 +37,7 @@ from ._config import (
     parse_seconds,
     parse_size,
 )
+from ._edge import HEADER_TIMEOUT, MAX_CONNECTIONS, EdgeSettings, max_connections_for
 from ._errors import ConfigError
 from ._front import WsgiToAsgi
 from ._host import Listener, ServedApp, bind, parse_binds, server_name
@@ -41,6 +45,7 @@ from ._loader import label
 from ._logging import configure_cli
 from ._titles import front_title, set_title
 
+CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 #: Exit statuses: bad usage or configuration; an address that cannot be bound; the app
 #: failed to start (its own error is in the log).
 EXIT_USAGE, EXIT_BIND, EXIT_STARTUP = 2, 1, 3
@@ -67,6 +72,18 @@ class Option:
         return value
 
 
+def parse_parser(text: str) -> str:
+    if text not in ("auto", "httptools", "h11"):
+        raise ValueError(f"not auto, httptools or h11: {text!r}")
+    return text
+
+
+def parse_cert_reqs(text: str) -> str:
+    if text not in CERT_REQS:
+        raise ValueError(f"not none, optional or required: {text!r}")
+    return text
+
+
 SERVER_OPTIONS = (
     Option(
         "bind", ("127.0.0.1:8000",),
@@ -90,6 +107,23 @@ SERVER_OPTIONS = (
     ),
     Option("chdir", "", "change to this directory before loading the app"),
     Option("pythonpath", (), "comma-separated directories to put first on sys.path", parse_names),
+    Option(
+        "header_timeout", HEADER_TIMEOUT,
+        "seconds a connection gets to send a complete request head before it is closed "
+        "(408); none: off", parse_seconds,
+    ),
+    Option(
+        "max_connections", None,
+        f"open connections at most; past it a new one gets 503 (default: {MAX_CONNECTIONS}, "
+        "fewer if the descriptor limit is low)", int,
+    ),
+    Option("http", "auto", "HTTP/1.1 parser: httptools, h11, or auto (httptools if installed)",
+           parse_parser),
+    Option("certfile", "", "serve HTTPS with this certificate (PEM; may hold the chain)"),
+    Option("keyfile", "", "the private key of certfile (PEM)"),
+    Option("ca_certs", "", "CA certificates (PEM) to verify client certificates with"),
+    Option("cert_reqs", "none", "client certificates: none, optional or required (needs "
+           "ca_certs)", parse_cert_reqs),
 )  # fmt: skip
 #: Where ``wsgipool serve`` departs from the library's defaults.
 #: Where `wsgipool serve` differs from the library: it answers its probes, and as the
@@ -236,6 +270,8 @@ class Serving:
             raise ConfigError(
                 "wsgipool serve needs uvicorn: pip install 'wsgipool[serve]'"
             ) from exc
+        from ._uvicorn import protocol_class, quiet_repeats
+
         if args.chdir:
             try:
                 os.chdir(args.chdir)
@@ -250,6 +286,11 @@ class Serving:
         options = {k: v for k, v in vars(args).items() if k in names and v is not None}
         configure_cli(args.log_level)
         self.app = WsgiToAsgi(args.app, **options)
+        quiet_repeats()
+        tls = tls_options(args)
+        if args.header_timeout is not None and args.header_timeout <= 0:
+            raise ConfigError(f"invalid header_timeout: {args.header_timeout}")
+        self.parser = parser_of(args.http)
         self.listeners: list[Listener] = []
         for address in args.bind:
             try:
@@ -257,8 +298,13 @@ class Serving:
             except OSError as exc:
                 self.close()
                 raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror}") from exc
-        graceful = self.app.config.graceful_timeout
+        config = self.app.config
+        graceful = config.graceful_timeout
+        self.tls = bool(tls)
         self.served = ServedApp(self.app, self.banner(), args.reload)
+        self.edge = EdgeSettings(
+            config.limits, args.header_timeout, self.max_connections(args), self.app.refusals
+        )
         self.server = uvicorn.Server(
             uvicorn.Config(
                 self.served, lifespan="on", log_config=None, log_level=args.log_level,
@@ -266,15 +312,30 @@ class Serving:
                 proxy_headers=args.proxy_headers, forwarded_allow_ips=args.forwarded_allow_ips,
                 timeout_keep_alive=int(args.keep_alive),
                 timeout_graceful_shutdown=None if graceful is None else math.ceil(graceful),
+                http=protocol_class(self.parser, self.edge),
+                h11_max_incomplete_event_size=self.edge.head_cap,
+                **tls,
             )
         )  # fmt: skip
 
+    def max_connections(self, args: argparse.Namespace) -> int:
+        if args.max_connections is not None:
+            if args.max_connections < 1:
+                raise ConfigError(f"invalid max_connections: {args.max_connections}")
+            return int(args.max_connections)
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        open_files = MAX_CONNECTIONS * 2 if soft == resource.RLIM_INFINITY else soft
+        return max_connections_for(open_files, self.app.config.max_workers or 1)
+
     def banner(self) -> str:
         config = self.app.config
-        where = ", ".join(listener.url for listener in self.listeners)
+        urls = [listener.url for listener in self.listeners]
+        if self.tls:
+            urls = [url.replace("http://", "https://", 1) for url in urls]
+        where = ", ".join(urls)
         extras = [name for name in ("health", "metrics", "status") if getattr(config, name)]
         text = f"serving {label(self.app.spec)} on {where} with {config.workers} workers"
-        text += f" (wsgipool {__version__}, {server_name()})"
+        text += f" (wsgipool {__version__}, {server_name(self.parser)})"
         return text + (f"; /-/ endpoints: {', '.join(extras)}" if extras else "")
 
     def run(self) -> int:
@@ -320,6 +381,33 @@ def flag_message(exc: ConfigError) -> str:
     if exc.option and text.startswith(exc.option + " "):
         return cli_flag(exc.option) + text[len(exc.option) :]
     return text
+
+
+def parser_of(choice: str) -> str:
+    """``auto``: httptools when it is installed (uvicorn's own choice), else h11."""
+    if choice != "auto":
+        return choice
+    return "httptools" if importlib.util.find_spec("httptools") else "h11"
+
+
+def tls_options(args: argparse.Namespace) -> dict[str, Any]:
+    """uvicorn's TLS keywords from gunicorn's flag names (nothing without ``--certfile``)."""
+    if not args.certfile:
+        if args.keyfile or args.ca_certs:
+            raise ConfigError("--keyfile and --ca-certs need --certfile")
+        return {}
+    for name in ("certfile", "keyfile", "ca_certs"):
+        path = getattr(args, name)
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"--{name.replace('_', '-')}: no such file: {path}")
+    if args.cert_reqs != "none" and not args.ca_certs:
+        raise ConfigError("--cert-reqs optional/required needs --ca-certs")
+    return {
+        "ssl_certfile": args.certfile,
+        "ssl_keyfile": args.keyfile or None,
+        "ssl_ca_certs": args.ca_certs or None,
+        "ssl_cert_reqs": CERT_REQS[args.cert_reqs],
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

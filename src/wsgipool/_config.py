@@ -8,6 +8,7 @@ twice.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import ConfigError
+from ._guard import Limits
 
 _UNITS = {
     "": 1,
@@ -299,6 +301,24 @@ class Config:
     )
     metrics_path: str = option("/-/metrics", "path of the metrics", str, rule=PATH)
     status: bool = option(False, "serve a status page for people at /-/status", parse_bool)
+    limit_request_line: int = option(
+        4094,
+        "longest request line, in bytes (414 above it); 0: no limit",
+        parse_int,
+        rule=AT_LEAST_0,
+    )
+    limit_request_fields: int = option(
+        100,
+        "most header fields in one request (431 above it); 0: no limit",
+        parse_int,
+        rule=AT_LEAST_0,
+    )
+    limit_request_field_size: int = option(
+        8190,
+        "largest header field, name and value, in bytes (431 above it); 0: no limit",
+        parse_int,
+        rule=AT_LEAST_0,
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -315,6 +335,13 @@ class Config:
             object.__setattr__(
                 self, "worker_env", parse_names(names) if isinstance(names, str) else tuple(names)
             )
+
+    @functools.cached_property
+    def limits(self) -> Limits:
+        """The header limits, for the guard and the server layer."""
+        return Limits(
+            self.limit_request_line, self.limit_request_fields, self.limit_request_field_size
+        )
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Config:

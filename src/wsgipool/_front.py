@@ -17,6 +17,7 @@ from ._config import Config
 from ._environ import TooManyHeadersError, cgi_environ, complete_environ
 from ._errors import AppLoadError, WorkerStartError
 from ._exchange import Exchange
+from ._guard import Refusals, refusal
 from ._loader import describe, label
 from ._logging import install_fallback
 from ._observe import observer_for
@@ -47,7 +48,8 @@ class WsgiToAsgi:
         self.spec = describe(wsgi_application)
         self.pool = Pool(self.spec, self.config)
         self.budget = MemoryBudget(self.config.buffer_memory or 0)  # bodies held in memory
-        self.observer = observer_for(self.pool, label(self.spec))  # the /-/ endpoints
+        self.refusals = Refusals()  # also counted by the server layer of ``wsgipool serve``
+        self.observer = observer_for(self.pool, label(self.spec), self.refusals)  # /-/ paths
 
     def __repr__(self) -> str:
         return f"<WsgiToAsgi {label(self.spec)} workers={self.config.workers}>"
@@ -62,7 +64,7 @@ class WsgiToAsgi:
                 timing = self.observer.timed(send)
             instance = WsgiToAsgiInstance(
                 self.wsgi_application, self.duplicate_header_limit, pool=self.pool,
-                budget=self.budget,
+                budget=self.budget, refusals=self.refusals,
             )  # fmt: skip
             if timing is None:
                 await instance(scope, receive, send)
@@ -136,11 +138,13 @@ class WsgiToAsgiInstance:
         *,
         pool: Pool | None = None,
         budget: MemoryBudget | None = None,
+        refusals: Refusals | None = None,
     ) -> None:
         self.wsgi_application = wsgi_application
         self.duplicate_header_limit = duplicate_header_limit
         self.pool = pool
         self.budget = budget or MemoryBudget(0)
+        self.refusals = Refusals() if refusals is None else refusals
         self.response_started = False
         self.response_content_length: int | None = None
         self._responder: Responder | None = None
@@ -150,6 +154,11 @@ class WsgiToAsgiInstance:
             raise ValueError("WSGI wrapper received a non-HTTP scope")
         if self.pool is None:
             raise RuntimeError("WsgiToAsgiInstance needs a pool: serve WsgiToAsgi(app) instead")
+        refused = refusal(scope, self.pool.config.limits)
+        if refused is not None:  # hostile or oversized: no worker, no body read
+            self.refusals.refused(refused, scope.get("client"))
+            await refused.send(send)
+            return
         self.scope = scope
         request_line = f"{scope.get('method')} {scope.get('path')}"
         exchange = Exchange(self.pool, self.budget, receive, send, request_line)

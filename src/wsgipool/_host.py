@@ -100,13 +100,13 @@ def bind(address: str) -> Listener:
     return Listener(sock, f"http://{shown}:{bound_port}")
 
 
-def server_name() -> str:
+def server_name(parser: str) -> str:
     """``"uvicorn 0.30.0, uvloop, httptools"``: what serves, with which loop and parser."""
     import uvicorn
 
     parts = [f"uvicorn {uvicorn.__version__}"]
-    parts += [name for name in ("uvloop", "httptools") if importlib.util.find_spec(name)]
-    return ", ".join(parts)
+    parts += ["uvloop"] if importlib.util.find_spec("uvloop") else []
+    return ", ".join([*parts, parser])
 
 
 def sources(root: str) -> dict[str, int]:

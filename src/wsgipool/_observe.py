@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._errors import ConfigError
+from ._guard import Refusals
 from ._pool import Pool
 from ._stats import PoolStats, WorkerInfo, rss_of
 from ._types import Message, Scope, Send
@@ -33,12 +34,12 @@ Answer = tuple[int, str, bytes]
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-def observer_for(pool: Pool, label: str) -> Observer | None:
+def observer_for(pool: Pool, label: str, refusals: Refusals | None = None) -> Observer | None:
     """An observer if the pool's config enables any ``/-/`` endpoint, else None."""
     config = pool.config
     if not (config.health or config.metrics or config.status):
         return None
-    return Observer(pool, label)
+    return Observer(pool, label, Refusals() if refusals is None else refusals)
 
 
 def relative_path(scope: Scope) -> str:
@@ -66,10 +67,11 @@ def readiness(stats: PoolStats) -> dict[str, object]:
 class Observer:
     """Answers the ``/-/`` endpoints the config enables and times every other request."""
 
-    def __init__(self, pool: Pool, label: str) -> None:
+    def __init__(self, pool: Pool, label: str, refusals: Refusals) -> None:
         config = pool.config
         self.pool = pool
         self.label = label
+        self.refusals = refusals
         self.started_at = time.time()
         self.routes: dict[str, Callable[[], Answer]] = {}
         if config.health:
@@ -79,7 +81,7 @@ class Observer:
             self.routes[STATUS] = self.status_page
         self.metrics: Metrics | None = None
         if config.metrics:
-            self.metrics = Metrics(pool)
+            self.metrics = Metrics(pool, refusals)
             self.routes[config.metrics_path] = self.metrics.render
 
     async def answer(self, scope: Scope, send: Send) -> bool:
@@ -120,7 +122,7 @@ class Observer:
 class Metrics:
     """Prometheus metrics of one adapter, in a registry of its own."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, refusals: Refusals) -> None:
         try:
             from prometheus_client import CollectorRegistry, Counter, Histogram
         except ImportError as exc:
@@ -139,6 +141,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(PoolCollector(pool))
+        self.registry.register(RefusalCollector(refusals))
 
     def timed(self, send: Send) -> Timing:
         return Timing(self, send)
@@ -222,6 +225,36 @@ class PoolCollector:
         yield rss
 
 
+class RefusalCollector:
+    """Reads the refusal counts at scrape time."""
+
+    def __init__(self, refusals: Refusals) -> None:
+        self.refusals = refusals
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        requests = CounterMetricFamily(
+            "wsgipool_requests_refused",
+            "Requests refused before the app saw them, by status and reason",
+            labels=["status", "reason"],
+        )
+        for (status, reason), count in sorted(self.refusals.requests.items()):
+            requests.add_metric([str(status), reason], count)
+        yield requests
+        connections = CounterMetricFamily(
+            "wsgipool_connections_closed",
+            "Connections the server closed for slowness or a limit, by reason",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self.refusals.connections.items()):
+            connections.add_metric([reason], count)
+        yield connections
+
+
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="5">
@@ -243,6 +276,7 @@ th {{ background: #f6f6f6; }} td.state {{ text-align: left; }}
 {rows}
 </table>
 <p id="restarts">Workers replaced: {restarts}.</p>
+<p id="refused">Requests refused: {refused}. Connections closed: {closed}.</p>
 </body></html>
 """
 _ROW = (
@@ -280,6 +314,9 @@ def render_status(observer: Observer) -> str:
     stats, now = observer.pool.stats(), time.monotonic()
     rows = [_row(worker, now) for worker in stats.workers]
     restarts = ", ".join(f"{html.escape(k)}: {v}" for k, v in sorted(stats.restarts.items()))
+    refusals = observer.refusals
+    refused = ", ".join(f"{s} {r}: {n}" for (s, r), n in sorted(refusals.requests.items()))
+    closed = ", ".join(f"{r}: {n}" for r, n in sorted(refusals.connections.items()))
     return _PAGE.format(
         app=html.escape(observer.label),
         pid=os.getpid(),
@@ -291,4 +328,6 @@ def render_status(observer: Observer) -> str:
         closing=", shutting down" if stats.closing else "",
         rows="\n".join(rows) or '<tr><td colspan="6">no worker is up</td></tr>',
         restarts=restarts or "none",
+        refused=html.escape(refused or "none"),
+        closed=html.escape(closed or "none"),
     )
