@@ -11,6 +11,8 @@ Front -> worker::
     HELLO    options          a :class:`Hello` mapping, once, at start
     REQUEST  environ          the CGI part of the environ: str -> str
     BODY     <bytes>          a request body chunk, in order
+    FILE     path, offset, size  the next ``size`` body bytes are in a file the front holds
+                              (``/proc/<front>/fd/<n>``): the worker reads them itself
     EOF                       the request body is complete
     ABORT                     the client went away: stop the response
 
@@ -47,6 +49,7 @@ REQUEST: Final = 1
 BODY: Final = 2
 EOF: Final = 3
 ABORT: Final = 4
+FILE: Final = 5
 READY: Final = 10
 FAILED: Final = 11
 START: Final = 12
@@ -87,6 +90,12 @@ class Body(NamedTuple):
     data: bytes
 
 
+class BodyFile(NamedTuple):
+    path: str
+    offset: int
+    size: int
+
+
 class Eof(NamedTuple):
     pass
 
@@ -122,7 +131,20 @@ class Log(NamedTuple):
     message: str
 
 
-Frame = HelloFrame | Request | Body | Eof | Abort | Ready | Failed | Start | End | Error | Log
+Frame = (
+    HelloFrame
+    | Request
+    | Body
+    | BodyFile
+    | Eof
+    | Abort
+    | Ready
+    | Failed
+    | Start
+    | End
+    | Error
+    | Log
+)
 
 _HEADER = struct.Struct(">IB")
 _packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
@@ -153,6 +175,10 @@ def body_frames(chunk: bytes | bytearray | memoryview) -> list[bytes | memoryvie
 
 def hello_frame(options: Hello) -> bytes:
     return pack(HELLO, options)
+
+
+def file_frame(path: str, offset: int, size: int) -> bytes:
+    return pack(FILE, path, offset, size)
 
 
 def request_frame(environ: dict[str, str]) -> bytes:
@@ -214,6 +240,14 @@ def _request(fields: list[Any]) -> Frame:
     return Request(_typed("REQUEST", fields[0], dict))
 
 
+def _file(fields: list[Any]) -> Frame:
+    _want("FILE", fields, 3)
+    path, offset, size = fields
+    return BodyFile(
+        _typed("FILE", path, str), _typed("FILE", offset, int), _typed("FILE", size, int)
+    )
+
+
 def _ready(fields: list[Any]) -> Frame:
     _want("READY", fields, 1)
     return Ready(_typed("READY", fields[0], int))
@@ -253,6 +287,7 @@ _EMPTY: dict[int, Frame] = {EOF: Eof(), ABORT: Abort(), END: End()}
 _DECODERS: dict[int, Callable[[list[Any]], Frame]] = {
     HELLO: _hello,
     REQUEST: _request,
+    FILE: _file,
     READY: _ready,
     FAILED: _failed,
     START: _start,

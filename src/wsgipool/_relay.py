@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -276,9 +277,7 @@ class Relay:
         x, limit = self.x, self.x.config.max_body_size
         try:
             if body is not None:
-                while (chunk := body.get()) is not None:
-                    async with lock:
-                        await self.lease.send(*proto.body_frames(chunk))
+                await self._send_body(lock, body)
                 if not more:
                     async with lock:
                         await self.lease.send(proto.EOF_FRAME)
@@ -307,6 +306,23 @@ class Relay:
             await self._client_left(lock)
         except WorkerError:
             pass  # the pump sees the same failure on its side
+
+    async def _send_body(self, lock: anyio.Lock, body: Spool) -> None:
+        """A buffered body: what is in memory over the pipe; what is on disk, by naming
+        the spool file, which the worker reads itself (no copy through the front) when it
+        runs as the front's user and may open the front's descriptors."""
+        if self.x.pool.launcher.identity is None:
+            chunks, region = body.hand_over()
+            pieces = [piece for chunk in chunks for piece in proto.body_frames(chunk)]
+            if region is not None:
+                fd, offset, size = region
+                pieces.append(proto.file_frame(f"/proc/{os.getpid()}/fd/{fd}", offset, size))
+            async with lock:
+                await self.lease.send(*pieces)
+            return
+        while (chunk := body.get()) is not None:
+            async with lock:
+                await self.lease.send(*proto.body_frames(chunk))
 
     async def _client_left(self, lock: anyio.Lock) -> None:
         """Tell the app to stop; it has ``abort_grace`` seconds before it is killed."""

@@ -16,6 +16,8 @@ from collections import deque
 
 #: Bytes of one spool kept in memory before it writes to its file.
 MEMORY_PER_SPOOL = 1024 * 1024
+#: Bytes gathered before one write to the file.
+WRITE_AT = 1024 * 1024
 
 
 class MemoryBudget:
@@ -40,8 +42,8 @@ class MemoryBudget:
 class Spool:
     """Chunks in arrival order, in memory first and then in a temporary file."""
 
-    __slots__ = ("_budget", "_dir", "_fd", "_in_memory", "_lengths", "_memory", "_read_at",
-                 "_write_at", "size", "spooled")  # fmt: skip
+    __slots__ = ("_budget", "_dir", "_fd", "_in_memory", "_lengths", "_memory", "_out",
+                 "_out_held", "_out_size", "_read_at", "_write_at", "size", "spooled")  # fmt: skip
 
     def __init__(self, budget: MemoryBudget, directory: str | None = None) -> None:
         self._budget = budget
@@ -50,7 +52,10 @@ class Spool:
         self._in_memory = 0
         self._fd = -1
         self._lengths: deque[int] = deque()  # chunks waiting in the file, in order
-        self._read_at = self._write_at = 0
+        self._read_at = self._write_at = 0  # of the file (``_out`` is written at _write_at)
+        self._out: list[bytes] = []  # chunks bound for the file, written together
+        self._out_size = 0
+        self._out_held = 0  # of those, taken from the budget
         self.size = 0  # bytes held, in memory and on disk
         self.spooled = 0  # bytes that went to disk, in all
 
@@ -59,7 +64,7 @@ class Spool:
 
     @property
     def on_disk(self) -> int:
-        return self._write_at - self._read_at
+        return self._write_at + self._out_size - self._read_at
 
     def put(self, chunk: bytes) -> None:
         size = len(chunk)
@@ -75,15 +80,36 @@ class Spool:
         self.size += size
 
     def _write(self, chunk: bytes) -> None:
-        if self._fd < 0:
-            self._fd = _temporary_file(self._dir)
-        view = memoryview(chunk)
-        while view:
-            written = os.pwrite(self._fd, view, self._write_at)
-            self._write_at += written
-            view = view[written:]
+        """Queue ``chunk`` for the file; a write call per ``WRITE_AT`` bytes, not per chunk
+        (a body arrives in many small pieces)."""
+        self._out.append(chunk)
+        self._out_size += len(chunk)
         self._lengths.append(len(chunk))
         self.spooled += len(chunk)
+        # What waits to be written is memory too: it counts against the budget.
+        if self._budget.take(len(chunk)):
+            self._out_held += len(chunk)
+            if self._out_size < WRITE_AT:
+                return
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self._out:
+            return
+        if self._fd < 0:
+            self._fd = _temporary_file(self._dir)
+        pieces: list[bytes | memoryview] = list(self._out)
+        while pieces:
+            written = os.pwritev(self._fd, pieces[:512], self._write_at)
+            self._write_at += written
+            while pieces and written >= len(pieces[0]):
+                written -= len(pieces.pop(0))
+            if written:
+                pieces[0] = memoryview(pieces[0])[written:]
+        self._out.clear()
+        self._out_size = 0
+        self._budget.give(self._out_held)
+        self._out_held = 0
 
     def get(self) -> bytes | None:
         """The oldest chunk, or None if the spool is empty."""
@@ -92,9 +118,9 @@ class Spool:
             self._in_memory -= len(chunk)
             self._budget.give(len(chunk))
         elif self._lengths:
+            self._flush()
             chunk = self._read(self._lengths.popleft())
-            if not self._lengths:  # drained: start the file over
-                os.ftruncate(self._fd, 0)
+            if not self._lengths:  # drained: start the file over (old bytes are not read)
                 self._read_at = self._write_at = 0
         else:
             return None
@@ -112,17 +138,39 @@ class Spool:
             size -= len(part)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def hand_over(self) -> tuple[list[bytes], tuple[int, int, int] | None]:
+        """Everything held, for a reader that takes the file part itself: the chunks in
+        memory, and ``(fd, offset, size)`` of the bytes in the file (None if none). The
+        spool is empty afterwards but keeps its file open until :meth:`close`."""
+        chunks = list(self._memory)
+        self._budget.give(self._in_memory)
+        self._memory.clear()
+        self._in_memory = 0
+        region = None
+        if self._lengths:
+            self._flush()
+            region = (self._fd, self._read_at, self._write_at - self._read_at)
+            self._lengths.clear()
+            self._read_at = self._write_at
+        self.size = 0
+        return chunks, region
+
     def close(self) -> None:
-        """Drop everything held (idempotent)."""
+        """Drop everything held (idempotent); closing the file frees it."""
         self._budget.give(self._in_memory)
         self._memory.clear()
         self._in_memory = 0
         self._lengths.clear()
+        self._out.clear()
+        self._out_size = 0
+        self._budget.give(self._out_held)
+        self._out_held = 0
         self.size = 0
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = -1
+            self._read_at = self._write_at = 0
 
 
 def _temporary_file(directory: str | None) -> int:

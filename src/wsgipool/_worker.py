@@ -32,6 +32,7 @@ from ._protocol import (
     READY,
     Abort,
     Body,
+    BodyFile,
     Eof,
     Frame,
     FrameReader,
@@ -58,6 +59,8 @@ log = logging.getLogger("wsgipool.worker")
 
 #: Responses buffered in the worker before a write; lists are flushed once at the end.
 FLUSH_AT = 256 * 1024
+#: Bytes read at once from a body file the front hands over.
+FILE_BLOCK = 256 * 1024
 
 
 class Channel:
@@ -70,6 +73,7 @@ class Channel:
         self.out: list[bytes | memoryview] = []
         self.out_size = 0
         self.aborted = False
+        self.body_file: list[int] | None = None  # [fd, offset, end] of a FILE being read
         # App threads may write to wsgi.errors while the main thread streams the response:
         # whole frames only, so queueing and flushing take turns.
         self.lock = threading.RLock()
@@ -88,14 +92,38 @@ class Channel:
     def pull_body(self) -> bytes | None:
         """The next request body chunk, ``None`` at the end; raises if the client left."""
         while True:
+            if self.body_file is not None:
+                chunk = self._read_body_file()
+                if chunk:
+                    return chunk
             frame = self.next_frame()
             if type(frame) is Body:
                 return frame.data
+            if type(frame) is BodyFile:
+                fd = os.open(frame.path, os.O_RDONLY | os.O_CLOEXEC)
+                self.body_file = [fd, frame.offset, frame.offset + frame.size]
+                continue
             if type(frame) is Eof:
                 return None
             if type(frame) is Abort:
                 self.aborted = True
                 raise ClientDisconnected("client disconnected while the body was read")
+
+    def _read_body_file(self) -> bytes:
+        """The next block of the body file the front named; b"" (and closed) at its end."""
+        assert self.body_file is not None
+        fd, offset, end = self.body_file
+        chunk = os.pread(fd, min(FILE_BLOCK, end - offset), offset) if offset < end else b""
+        if chunk:
+            self.body_file[1] = offset + len(chunk)
+        else:
+            self.close_body_file()
+        return chunk
+
+    def close_body_file(self) -> None:
+        if self.body_file is not None:
+            os.close(self.body_file[0])
+            self.body_file = None
 
     def check_abort(self) -> bool:
         """Non-blocking: has the front asked to stop this response?"""
@@ -190,6 +218,7 @@ class Worker:
         finally:
             if result is not None:
                 self.close(result)
+            channel.close_body_file()
         if failure is None:
             channel.send(END_FRAME)
         else:
