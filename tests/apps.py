@@ -475,3 +475,11 @@ def logs(environ: Environ, start_response: Any) -> Iterable[bytes]:
     logging.getLogger("myapp").info("hello from the app")
     start_response("200 OK", [])
     return [b"logged"]
+
+
+def early_or_digest(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """``/early``: answers 401 at once, reading none of the body; anything else: digest."""
+    if environ["PATH_INFO"] != "/early":
+        return digest(environ, start_response)
+    start_response("401 Unauthorized", [("Content-Type", "text/plain")])
+    return [b"x" * 65536] * 4

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -288,3 +289,54 @@ async def test_with_no_memory_budget_bodies_go_to_files_that_are_closed(
                 "length": str(len(data)),
             }
         assert open_fds() <= before
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
+async def test_a_body_the_app_never_read_does_not_reach_the_next_request(buffered: bool) -> None:
+    # Request A's app answers before reading A's large body, and A's client takes the
+    # answer slowly; B waits for the only worker. The worker goes to B as soon as A's app
+    # is done: no byte of A's body (nor its end, nor an abort) may reach B.
+    body_b = bytes(range(256)) * 8192  # 2 MiB
+    expected = hashlib.sha256(body_b).hexdigest()
+    chunk_a = b"A" * 65536
+    answers: dict[str, list[Any]] = {}
+
+    async def call(
+        name: str, path: str, chunks: list[bytes], pause: float, trickle: float = 0.0
+    ) -> None:
+        size = sum(map(len, chunks))
+        scope = http_scope(path, "POST", headers=[(b"content-length", str(size).encode())])
+        done = anyio.Event()
+        sent: list[Any] = []
+
+        async def receive() -> dict[str, Any]:
+            if chunks:
+                await anyio.sleep(trickle)
+                piece = chunks.pop(0)
+                return {"type": "http.request", "body": piece, "more_body": bool(chunks)}
+            await done.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+            if message["type"] == "http.response.body":
+                await anyio.sleep(pause)
+
+        await app(scope, receive, send)
+        done.set()
+        answers[name] = sent
+
+    app = WsgiToAsgi("apps:early_or_digest", workers=1, buffer_requests=buffered)
+    async with app:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call, "a", "/early", [chunk_a] * 128, 0.5, 0.005)  # 8 MiB
+                await anyio.sleep(0.1)
+                pieces = [body_b[i : i + 65536] for i in range(0, len(body_b), 65536)]
+                tg.start_soon(call, "b", "/", pieces, 0.0, 0.003)
+        assert answers["a"][0]["status"] == 401
+        assert answers["b"][0]["status"] == 200
+        result = json.loads(b"".join(m.get("body", b"") for m in answers["b"][1:]))
+        assert (result["size"], result["sha256"]) == (len(body_b), expected)
+        assert app.stats().restarts == {}

@@ -17,7 +17,7 @@ import time
 import anyio
 
 from ._config import Config
-from ._spool import MemoryBudget, Spool
+from ._spool import MemoryBudget, Spool, SpoolError
 from ._types import Message, Receive
 
 
@@ -57,11 +57,13 @@ class Pace:
 
 
 class BodyRefused(Exception):
-    """The body was refused before any worker saw it; ``status`` says how to answer."""
+    """The body was refused before any worker saw it; ``status`` says how to answer and
+    ``reason`` names the kind (for the counts), the message says what happened."""
 
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
+    def __init__(self, status: int, reason: str, detail: str) -> None:
+        super().__init__(detail)
         self.status = status
+        self.reason = reason
 
 
 async def first_message(receive: Receive, pace: Pace) -> Message:
@@ -71,7 +73,7 @@ async def first_message(receive: Receive, pace: Pace) -> Message:
         message = await receive()
         pace.end(len(message.get("body", b"")))
         return message
-    raise BodyRefused(408, f"no body: {pace.why()}")
+    raise BodyRefused(408, "body too slow", f"no body: {pace.why()}")
 
 
 async def take_body(
@@ -91,7 +93,9 @@ async def take_body(
                 chunk: bytes = message.get("body", b"")
                 if chunk:
                     if limit is not None and spool.size + len(chunk) > limit:
-                        raise BodyRefused(413, f"body over max_body_size ({limit} bytes)")
+                        raise BodyRefused(
+                            413, "body too large", f"over max_body_size ({limit} bytes)"
+                        )
                     spool.put(chunk)
                 if not message.get("more_body", False):
                     return spool
@@ -101,7 +105,10 @@ async def take_body(
                 if message["type"] == "http.disconnect":
                     spool.close()
                     return None
-        raise BodyRefused(408, f"body too slow: {pace.why()}")
+        raise BodyRefused(408, "body too slow", pace.why())
+    except SpoolError as exc:
+        spool.close()
+        raise BodyRefused(503, "no room to buffer", str(exc)) from exc
     except BaseException:
         spool.close()
         raise

@@ -11,6 +11,7 @@ WsgiPoolError
     ├── WorkerGoneError  the worker's pipe closed (it exited or was killed)
     │   └── RequestNotSentError  ... before any byte of the request reached it
     ├── WorkerTimeoutError  the worker held one request longer than ``timeout``
+    ├── LeaseEndedError  a write after the request's lease ended (refused, never sent)
     └── ProtocolError    the worker sent a malformed or oversized frame
 """
 
@@ -86,6 +87,10 @@ class WorkerGoneError(WorkerError):
 
 class RequestNotSentError(WorkerGoneError):
     """The worker was gone before any byte of the request reached it: safe to retry."""
+
+
+class LeaseEndedError(WorkerError):
+    """A request wrote to a worker after its lease ended (the worker may serve another)."""
 
 
 class ProtocolError(WorkerError):

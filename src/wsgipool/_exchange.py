@@ -26,14 +26,16 @@ from ._errors import (
     WorkerGoneError,
     WorkerStartError,
 )
+from ._guard import Refusals
 from ._lease import Lease
 from ._pool import Pool
 from ._queue import Watch
 from ._relay import CLOSE, Relay, plain_response
 from ._spool import MemoryBudget, Spool
-from ._types import Message, Receive, Send
+from ._types import Message, Receive, Scope, Send
 
 log = logging.getLogger("wsgipool.front")
+REASONS = {408: "Request Timeout", 413: "Payload Too Large", 503: "Service Unavailable"}
 #: A body up to this size travels with the request (it fits an empty pipe); a larger
 #: one is written by a task of its own while the response is read, so an app that
 #: answers before reading its body cannot deadlock against the front.
@@ -44,11 +46,20 @@ class Exchange:
     """Relays one request; created per request by the front."""
 
     def __init__(
-        self, pool: Pool, budget: MemoryBudget, receive: Receive, send: Send, request_line: str
+        self,
+        pool: Pool,
+        budget: MemoryBudget,
+        refusals: Refusals,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_line: str,
     ) -> None:
         self.pool = pool
         self.config = pool.config
         self.budget = budget
+        self.refusals = refusals  # counted and logged at a rate that cannot flood
+        self.client = scope.get("client")
         self.receive = receive
         self.send = send
         self.request_line = request_line
@@ -92,9 +103,8 @@ class Exchange:
         limit = self.config.max_body_size
         declared = cgi.get("CONTENT_LENGTH", "")
         if limit is not None and declared.isdigit() and int(declared) > limit:
-            log.warning("413 for %s: Content-Length %s over %d", self.request_line, declared,
-                        limit)  # fmt: skip
-            await self.respond(413, "Payload Too Large", CLOSE)
+            await self._refuse(BodyRefused(413, "body too large",
+                                           f"Content-Length {declared} over {limit}"))  # fmt: skip
             return True
         return False
 
@@ -113,9 +123,8 @@ class Exchange:
             return None
 
     async def _refuse(self, exc: BodyRefused) -> None:
-        log.warning("%d for %s: %s", exc.status, self.request_line, exc)
-        await self.respond(exc.status, "Request Timeout" if exc.status == 408
-                           else "Payload Too Large", CLOSE)  # fmt: skip
+        self.refusals.count(exc.status, exc.reason, f"{self.request_line}: {exc}", self.client)
+        await self.respond(exc.status, REASONS[exc.status], CLOSE)
 
     async def run(self, cgi: dict[str, str], first: Message) -> None:
         body: bytes = first.get("body", b"")

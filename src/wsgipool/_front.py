@@ -161,7 +161,9 @@ class WsgiToAsgiInstance:
             return
         self.scope = scope
         request_line = f"{scope.get('method')} {scope.get('path')}"
-        exchange = Exchange(self.pool, self.budget, receive, send, request_line)
+        exchange = Exchange(
+            self.pool, self.budget, self.refusals, scope, receive, send, request_line
+        )
         try:
             cgi = cgi_environ(scope, self.duplicate_header_limit)
         except TooManyHeadersError:

@@ -149,10 +149,14 @@ class Refusals:
         self._logged: dict[str, tuple[float, int]] = {}  # kind -> (when, count then)
 
     def refused(self, found: Refusal, client: object = None) -> None:
-        key = (found.status, found.reason)
+        self.count(found.status, found.reason, found.detail, client)
+
+    def count(self, status: int, reason: str, detail: str, client: object = None) -> None:
+        """One request refused with ``status`` (the front's own refusals: 408, 413, ...)."""
+        key = (status, reason)
         self.requests[key] = count = self.requests.get(key, 0) + 1
-        kind = f"{found.status} {found.reason}"
-        self._log(kind, count, "refused %d from %s: %s", found.status, peer(client), found.detail)
+        self._log(f"{status} {reason}", count, "refused %d from %s: %s", status, peer(client),
+                  detail)  # fmt: skip
 
     def closed(self, reason: str, detail: str, client: object = None) -> None:
         self.connections[reason] = count = self.connections.get(reason, 0) + 1

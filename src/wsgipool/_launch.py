@@ -108,6 +108,10 @@ class Launcher:
             await anyio.sleep(0.005)
         if self.template is not None and self.template.alive():
             return self.template
+        if self.template is not None:  # it died: let go of its pipes and socket
+            self.template.close_pipes()
+            self.processes.discard(self.template)
+            self.template = None
         self._template_starting = True
         try:
             self.template = await self.start_template()

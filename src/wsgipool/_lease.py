@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
-from ._errors import WorkerTimeoutError
+from ._errors import LeaseEndedError, WorkerTimeoutError
 from ._process import KILL_GRACE
 
 if TYPE_CHECKING:
@@ -56,7 +56,10 @@ class Lease:
     # -- the worker's channel --------------------------------------------------------
 
     async def send(self, *pieces: bytes | bytearray | memoryview) -> None:
-        """Whole frames to the worker (see ``WorkerProcess.write``)."""
+        """Whole frames to the worker (see ``WorkerProcess.write``); refused once the lease
+        ended, since the worker may be serving another request by then."""
+        if self.ended:
+            raise LeaseEndedError(f"{self!r} ended")
         await self.worker.write(*pieces)
 
     async def read(self, patience: float | None = None) -> list[Frame] | None:
@@ -115,13 +118,14 @@ class Lease:
     # -- the ending ------------------------------------------------------------------
 
     def release(self) -> None:
-        """The request was served: the worker goes back to the pool (or is recycled)."""
+        """The request was served: the worker goes back to the pool (or is recycled).
+
+        Whoever else writes to the worker for this request must be done or hold off
+        (see ``Relay``): from here on :meth:`send` refuses.
+        """
         if not self.ended:
             self.ended = True
-            if self.timed_out:
-                self._owner.discard(self.worker, "timeout")
-            else:
-                self._owner.release(self.worker, True)
+            self._owner.release(self.worker, True)
 
     def give_back(self) -> None:
         """The worker never saw the request: it goes back as it was."""

@@ -83,8 +83,8 @@ class Pool:
         is given, and lets a waiting request retry, since capacity changed.
         """
         old, now = worker.state, time.monotonic()
-        if old is state:
-            return
+        if old is state or old is State.GONE or (old is State.EXITING and state is not State.GONE):
+            return  # no way back: a worker stopped at shutdown is not "crashed" after
         if old is State.IDLE:
             idle = self._idle
             if idle[-1] is worker:  # the usual case: the most recently used one
@@ -306,6 +306,8 @@ class Pool:
 
         ``served=False`` gives back a worker that never saw the request.
         """
+        if worker.state not in (State.BUSY, State.RETIRING):
+            return  # stopped meanwhile (shutdown)
         worker.requests += served
         rss_limit = self.config.max_rss
         if worker.state is State.RETIRING:

@@ -171,7 +171,12 @@ class WorkerProcess:
                 "with `if __name__ == '__main__':`"
             )
         to_child_r, to_child_w = pipe()
-        from_child_r, from_child_w = pipe()
+        try:
+            from_child_r, from_child_w = pipe()
+        except BaseException:
+            os.close(to_child_r)
+            os.close(to_child_w)
+            raise
         try:
             popen = subprocess.Popen(
                 [sys.executable, "-u", "-m", "wsgipool._worker", str(os.getpid())],
@@ -190,7 +195,11 @@ class WorkerProcess:
             os.close(to_child_r)
             os.close(from_child_w)
         worker = cls(worker_id, popen, from_child_r, to_child_w)
-        os.write(to_child_w, proto.hello_frame(hello))  # small: fits the empty pipe
+        try:
+            os.write(to_child_w, proto.hello_frame(hello))  # small: fits the empty pipe
+        except BaseException:
+            worker.kill_now()
+            raise
         return worker
 
     async def ready(self, timeout: float) -> None:

@@ -24,7 +24,7 @@ from . import _protocol as proto
 from ._client import Pace
 from ._errors import AppError, ProtocolError, WorkerError, WorkerGoneError, WorkerTimeoutError
 from ._lease import Lease
-from ._spool import Spool
+from ._spool import Spool, SpoolError
 from ._types import Message
 
 if TYPE_CHECKING:
@@ -79,6 +79,7 @@ class Relay:
         self._wake: anyio.Event | None = None  # the drain waits for items
         self._room: anyio.Event | None = None  # the pump waits for the spool to shrink
         self._done = False  # the pump has queued the response's last item
+        self._lock: anyio.Lock | None = None  # streamed: writes and the release take turns
 
     async def run(self, more: bool, received: int, body: Spool | None) -> None:
         """Relay the response; every way out ends the lease."""
@@ -136,9 +137,14 @@ class Relay:
         self._commit()
         if self.spool is None:
             self.items.append({"type": "http.response.body", "body": data, "more_body": True})
-        else:
+            return
+        try:
             self.spool.put(data)
-            self.items.append(CHUNK)
+        except SpoolError as exc:  # the response cannot be held: give up on the client
+            log.error("response to %s cut off: %s", self.x.request_line, exc)
+            self.x.disconnected = True
+            return
+        self.items.append(CHUNK)
 
     def _end(self) -> None:
         if self.x.too_large:
@@ -216,8 +222,8 @@ class Relay:
                 pace.end(len(message.get("body", b"")))
         if scope.cancelled_caught:
             self.x.disconnected = True
-            log.warning("closing the connection of %s: the client reads too slowly (%s)",
-                        self.x.request_line, pace.why())  # fmt: skip
+            detail = f"the client reads too slowly ({self.x.request_line}: {pace.why()})"
+            self.x.refusals.closed("slow reader", detail, self.x.client)
 
     def _queued(self) -> None:
         if self._wake is not None:
@@ -228,7 +234,7 @@ class Relay:
     async def _stream(self, more: bool, received: int, body: Spool | None) -> None:
         x = self.x
         self.spool = Spool(x.budget, x.config.buffer_dir)
-        lock = anyio.Lock()
+        lock = self._lock = anyio.Lock()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._feed, lock, more, received, body)
@@ -254,7 +260,11 @@ class Relay:
                 done = self.take(frames)
                 self._queued()
                 if done:
-                    self.lease.release()
+                    # Not while the feed is mid-write: the worker's next request must
+                    # not get the rest of this one's body (later writes are refused).
+                    assert self._lock is not None
+                    async with self._lock:
+                        self.lease.release()
                     break
                 while self.spool.size > cap and not self.x.disconnected:
                     self._room = anyio.Event()  # the client has to catch up first
@@ -306,6 +316,11 @@ class Relay:
             await self._client_left(lock)
         except WorkerError:
             pass  # the pump sees the same failure on its side
+        except SpoolError as exc:  # the buffered body cannot be read back: stop the app
+            log.error("request body of %s lost: %s", x.request_line, exc)
+            x.disconnected = True
+            self._queued()
+            await self._client_left(lock)
 
     async def _send_body(self, lock: anyio.Lock, body: Spool) -> None:
         """A buffered body: what is in memory over the pipe; what is on disk, by naming
@@ -326,12 +341,12 @@ class Relay:
 
     async def _client_left(self, lock: anyio.Lock) -> None:
         """Tell the app to stop; it has ``abort_grace`` seconds before it is killed."""
-        if self.lease.ended:
-            return
-        if self.x.disconnected:
-            self.lease.client_left(self.x.config.abort_grace)
         try:
             async with lock:
+                if self.lease.ended:
+                    return
+                if self.x.disconnected:
+                    self.lease.client_left(self.x.config.abort_grace)
                 await self.lease.send(proto.ABORT_FRAME)
         except WorkerError:
             pass

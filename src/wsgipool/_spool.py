@@ -20,6 +20,10 @@ MEMORY_PER_SPOOL = 1024 * 1024
 WRITE_AT = 1024 * 1024
 
 
+class SpoolError(Exception):
+    """The spool's file could not be made, written or read (disk full, no ``buffer_dir``)."""
+
+
 class MemoryBudget:
     """Bytes of bodies the whole front may hold in memory at once."""
 
@@ -96,6 +100,12 @@ class Spool:
     def _flush(self) -> None:
         if not self._out:
             return
+        try:
+            self._write_out()
+        except OSError as exc:
+            raise SpoolError(f"cannot write a spool file: {exc}") from exc
+
+    def _write_out(self) -> None:
         if self._fd < 0:
             self._fd = _temporary_file(self._dir)
         pieces: list[bytes | memoryview] = list(self._out)
@@ -128,6 +138,12 @@ class Spool:
         return chunk
 
     def _read(self, size: int) -> bytes:
+        try:
+            return self._read_in(size)
+        except OSError as exc:
+            raise SpoolError(f"cannot read a spool file: {exc}") from exc
+
+    def _read_in(self, size: int) -> bytes:
         parts = []
         while size:
             part = os.pread(self._fd, size, self._read_at)

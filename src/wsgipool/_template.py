@@ -52,22 +52,25 @@ class Template(WorkerProcess):
         while self.forking:  # one request at a time
             await anyio.sleep(0.005)
         self.forking = True
-        to_child_r, to_child_w = pipe()
-        from_child_r, from_child_w = pipe()
+        ends: list[int] = []
         try:
+            to_child_r, to_child_w = pipe()
+            ends += (to_child_r, to_child_w)
+            from_child_r, from_child_w = pipe()
+            ends += (from_child_r, from_child_w)
             socket.send_fds(self.sock, [proto.fork_request(worker_id)], [to_child_r, from_child_w])
             with anyio.fail_after(30):
                 pid = await self._reply_for(worker_id)
         except BaseException as exc:
-            os.close(to_child_w)  # the orphaned child, if any, sees EOF and exits
-            os.close(from_child_r)
+            for fd in ends:  # the orphaned child, if any, sees EOF and exits
+                os.close(fd)
             if isinstance(exc, (OSError, TimeoutError, ProtocolError)):
                 raise WorkerStartError(f"the preload template did not fork: {exc}") from exc
             raise
         finally:
             self.forking = False
-            os.close(to_child_r)
-            os.close(from_child_w)
+        os.close(to_child_r)  # the child's ends, now the child's alone
+        os.close(from_child_w)
         worker = WorkerProcess(worker_id, ForkedChild(pid), from_child_r, to_child_w)
         worker.template = self
         return worker
