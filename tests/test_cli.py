@@ -283,3 +283,21 @@ def test_console_script_and_environment(front: Callable[..., Front], tmp_path: P
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_serve_with_plain_uvicorn_no_httptools_no_uvloop(
+    front: Callable[..., Front], tmp_path: Path
+) -> None:
+    # `pip install wsgipool uvicorn`: h11 and asyncio only. httptools and uvloop are made
+    # unimportable in the child, as if they were not installed.
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['httptools'] = None\nsys.modules['uvloop'] = None\n"
+    )
+    path = os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")])
+    server = front("apps:loose_headers", "-w", "1", PYTHONPATH=path).ready()
+    response = server.get("/")
+    assert response.status_code == 200
+    assert response.headers["set-cookie"] == "csrftoken=abc; Path=/; SameSite=Lax"
+    assert "httptools" not in server.output().split("serving", 1)[1].splitlines()[0]

@@ -1,7 +1,8 @@
 """uvicorn's HTTP protocols with an edge: a header timeout, a connection bound, head limits.
 
 uvicorn waits for request headers forever and accepts every connection; these
-subclasses of its h11 and httptools protocols (uvicorn takes a class as ``http=``) add,
+subclasses of its h11 and httptools protocols (uvicorn takes a class as ``http=``; the
+httptools one lives in :mod:`wsgipool._httptools`, imported only when used) add,
 for each connection:
 
 * a bound: past ``max_connections`` open connections, a new one gets 503 and is closed;
@@ -24,10 +25,9 @@ from typing import Any, ClassVar
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ._edge import EdgeSettings, HeadScanner, small_head
-from ._guard import CONNECT_REFUSED, LOG_EVERY, Refusal
+from ._guard import LOG_EVERY, Refusal
 
 _TIMED_OUT = Refusal(408, "header_timeout", "the request head took too long")
 _TOO_MANY = Refusal(503, "max_connections", "too many open connections")
@@ -195,35 +195,6 @@ class EdgeH11Protocol(EdgeMixin, H11Protocol):
             self.arm()
 
 
-class EdgeHttpToolsProtocol(EdgeMixin, HttpToolsProtocol):
-    """uvicorn's httptools protocol with the edge.
-
-    Where the parser is comes from uvicorn's own state, so no parser callback is
-    wrapped: a new head gets a new ``scope``, a complete head a new ``cycle`` holding
-    that scope, a complete message ``more_body = False``.
-    """
-
-    def between_messages(self) -> bool:
-        cycle = self.cycle
-        if cycle is None:
-            return self.scope is None
-        return cycle.scope is self.scope and not cycle.more_body
-
-    def inside_head(self) -> bool:
-        cycle = self.cycle
-        return cycle is None or cycle.scope is not self.scope or not cycle.more_body
-
-    def send_400_response(self, msg: str) -> None:
-        if self.scope is not None and self.scope.get("method") == "CONNECT":
-            self.refuse(CONNECT_REFUSED)  # its authority-form target is no URL to uvicorn
-            return
-        super().send_400_response(msg)
-
-    def _unsupported_upgrade_warning(self) -> None:
-        if self.scope.get("method") != "CONNECT":  # refused by the adapter, and logged
-            super()._unsupported_upgrade_warning()
-
-
 class RepeatFilter(logging.Filter):
     """Lets uvicorn's per-request warnings about bad requests through once per
     :data:`~wsgipool._guard.LOG_EVERY` seconds: a flood of them must not flood the log."""
@@ -253,5 +224,9 @@ def quiet_repeats() -> None:
 
 def protocol_class(kind: str, edge: EdgeSettings) -> type[asyncio.Protocol]:
     """The protocol class for ``http=`` (``"h11"`` or ``"httptools"``), bound to ``edge``."""
-    base = EdgeH11Protocol if kind == "h11" else EdgeHttpToolsProtocol
+    base: type[asyncio.Protocol] = EdgeH11Protocol
+    if kind != "h11":  # httptools is optional: a plain `pip install uvicorn` has only h11
+        from ._httptools import EdgeHttpToolsProtocol
+
+        base = EdgeHttpToolsProtocol
     return type(base.__name__, (base,), {"edge": edge})
