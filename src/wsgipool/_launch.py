@@ -64,7 +64,7 @@ class Launcher:
         return {name: os.environ[name] for name in allowed if name in os.environ}
 
     async def create(self) -> WorkerProcess:
-        """A new worker's process, with its id and recycling limits; it is not READY yet
+        """A new worker's process, with its id; it is not READY yet
         (see ``WorkerProcess.ready``)."""
         worker_id = self._take_id()
         try:
@@ -76,7 +76,6 @@ class Launcher:
             self.free_id(worker_id)
             raise
         self.processes.add(worker)
-        self.set_limits(worker)
         return worker
 
     def _take_id(self) -> int:
@@ -90,15 +89,16 @@ class Launcher:
         if worker_id and worker_id not in self._free_ids:  # 0: a template
             self._free_ids.append(worker_id)
 
-    def set_limits(self, worker: WorkerProcess) -> None:
-        """When this worker is retired: after max_requests (+ jitter) or max_lifetime."""
-        config = self.config
+    def limits(self, started_at: float) -> tuple[int, float]:
+        """When a worker started at ``started_at`` is retired: after this many requests,
+        or once time.monotonic() passes this (each with its jitter; 0: never)."""
+        config, requests, expires = self.config, 0, 0.0
         if config.max_requests:
-            jitter = random.randint(0, config.max_requests_jitter)
-            worker.request_limit = config.max_requests + jitter
+            requests = config.max_requests + random.randint(0, config.max_requests_jitter)
         if config.max_lifetime:
             extra = random.uniform(0, config.max_lifetime_jitter)
-            worker.expires_at = worker.started_at + config.max_lifetime + extra
+            expires = started_at + config.max_lifetime + extra
+        return requests, expires
 
     # -- the preload template -------------------------------------------------------
 

@@ -15,10 +15,12 @@ dispatch. Request deadlines need neither: the lease's reads enforce them.
 
 from __future__ import annotations
 
+import enum
 import logging
 import signal
 import time
 import weakref
+from dataclasses import dataclass
 
 import anyio
 
@@ -34,7 +36,7 @@ from ._errors import (
 from ._launch import MAX_BACKOFF, Launcher
 from ._lease import Lease
 from ._loader import AppSpec
-from ._process import KILL_GRACE, State, WorkerProcess, describe_exit
+from ._process import KILL_GRACE, WorkerProcess, describe_exit
 from ._queue import WaitQueue, Watch
 from ._stats import PoolStats, WorkerInfo, rss_of
 
@@ -44,7 +46,34 @@ log = logging.getLogger("wsgipool.pool")
 RETIRE_GRACE = 10.0
 #: Start-up attempts a request makes when workers are killed from outside meanwhile.
 START_TRIES = 3
+
+
+class State(enum.Enum):
+    """Where a worker is in its life; only ``Pool._set_state`` changes it."""
+
+    STARTING = "starting"  # spawned, not READY yet
+    IDLE = "idle"
+    BUSY = "busy"  # leased to one request
+    RETIRING = "retiring"  # leased, and leaves once that request ends
+    EXITING = "exiting"  # pipes closed; reaped (or killed past its grace) by the pool
+    GONE = "gone"  # reaped
+
+
 _LIVE = (State.IDLE, State.BUSY, State.RETIRING)
+
+
+@dataclass(eq=False)
+class Slot:
+    """The pool's record of one worker: where it is in its life and when it is due to go.
+    (The process handle keeps only process facts; a request's own state is its lease's.)"""
+
+    since: float  # when it entered its state
+    state: State = State.STARTING
+    reason: str = ""  # why it is retiring or exiting
+    requests: int = 0
+    request_limit: int = 0  # retire after this many requests (0: never)
+    expires_at: float = 0.0  # retire once time.monotonic() passes this (0: never)
+    kill_at: float = 0.0  # EXITING: SIGKILL if it has not exited by then
 
 
 def _kill_all(processes: set[WorkerProcess]) -> None:
@@ -61,7 +90,7 @@ class Pool:
         self.config = config
         self.target = config.workers
         self.limit = config.max_workers or config.workers
-        self.workers: set[WorkerProcess] = set()  # every worker not yet reaped
+        self.workers: dict[WorkerProcess, Slot] = {}  # every worker not yet reaped
         self._idle: list[WorkerProcess] = []  # IDLE workers, most recently used last
         self._exiting = 0  # workers in EXITING: reap() has work
         self.starting = 0  # start-ups under way (before READY)
@@ -82,7 +111,8 @@ class Pool:
         seconds (at once if 0), frees its id, counts the restart under ``reason`` if one
         is given, and lets a waiting request retry, since capacity changed.
         """
-        old, now = worker.state, time.monotonic()
+        slot, now = self._slot(worker), time.monotonic()
+        old = slot.state
         if old is state or old is State.GONE or (old is State.EXITING and state is not State.GONE):
             return  # no way back: a worker stopped at shutdown is not "crashed" after
         if old is State.IDLE:
@@ -93,9 +123,9 @@ class Pool:
                 idle.remove(worker)
         elif old is State.EXITING:
             self._exiting -= 1
-        worker.state, worker.since = state, now
+        slot.state, slot.since = state, now
         if reason:
-            worker.reason = reason
+            slot.reason = reason
         if state is State.IDLE:
             self._idle.append(worker)
         elif state is State.RETIRING:
@@ -107,15 +137,22 @@ class Pool:
             if grace <= 0 and worker.alive():
                 worker.signal_group(signal.SIGKILL)
             worker.close_pipes()
-            worker.kill_at = now + grace
+            slot.kill_at = now + grace
             self.launcher.free_id(worker.id)
             self.waiters.wake_one()
         elif state is State.GONE:
-            self.workers.discard(worker)
+            self.workers.pop(worker, None)
             self._processes.discard(worker)
 
+    def _slot(self, process: WorkerProcess) -> Slot:
+        """The record of ``process`` (a retired template gets one when it leaves)."""
+        slot = self.workers.get(process)
+        if slot is None:
+            slot = self.workers[process] = Slot(since=time.monotonic())
+        return slot
+
     def _count(self, *states: State) -> int:
-        return sum(1 for w in self.workers if w.state in states)
+        return sum(1 for slot in self.workers.values() if slot.state in states)
 
     @property
     def size(self) -> int:
@@ -132,11 +169,12 @@ class Pool:
         return len(self.waiters)
 
     def stats(self) -> PoolStats:
-        workers = sorted((w for w in self.workers if w.state in _LIVE), key=lambda w: w.id)
+        by_id = sorted(self.workers.items(), key=lambda item: item[0].id)
+        live = [(worker, slot) for worker, slot in by_id if slot.state in _LIVE]
         launcher, template = self.launcher, self.launcher.template
         return PoolStats(
             workers=tuple(
-                WorkerInfo(w.id, w.pid, w.state.value, w.requests, w.started_at) for w in workers
+                WorkerInfo(w.id, w.pid, s.state.value, s.requests, w.started_at) for w, s in live
             ),
             target=self.target,
             starting=self.starting,
@@ -162,7 +200,8 @@ class Pool:
         try:
             try:
                 worker = await self.launcher.create()
-                self.workers.add(worker)
+                slot = self.workers[worker] = Slot(since=worker.started_at)
+                slot.request_limit, slot.expires_at = self.launcher.limits(worker.started_at)
                 await worker.ready(self.config.startup_timeout)
             except (OSError, ProtocolError) as exc:
                 raise WorkerStartError(f"a worker did not start: {exc}") from exc
@@ -265,8 +304,9 @@ class Pool:
 
     def _checkout(self, worker: WorkerProcess) -> None:
         self._set_state(worker, State.BUSY)
-        last = worker.request_limit and worker.requests + 1 >= worker.request_limit
-        if last or (worker.expires_at and time.monotonic() >= worker.expires_at):
+        slot = self.workers[worker]
+        last = slot.request_limit and slot.requests + 1 >= slot.request_limit
+        if last or (slot.expires_at and time.monotonic() >= slot.expires_at):
             # Its replacement may start now, while this last request runs.
             self._set_state(worker, State.RETIRING, "max_requests" if last else "max_lifetime")
 
@@ -306,12 +346,13 @@ class Pool:
 
         ``served=False`` gives back a worker that never saw the request.
         """
-        if worker.state not in (State.BUSY, State.RETIRING):
+        slot = self.workers.get(worker)
+        if slot is None or slot.state not in (State.BUSY, State.RETIRING):
             return  # stopped meanwhile (shutdown)
-        worker.requests += served
+        slot.requests += served
         rss_limit = self.config.max_rss
-        if worker.state is State.RETIRING:
-            self.retire(worker, worker.reason or "recycled")
+        if slot.state is State.RETIRING:
+            self.retire(worker, slot.reason or "recycled")
         elif rss_limit and (rss_of(worker.pid) or 0) > rss_limit:
             self.retire(worker, "max_rss")
         else:
@@ -319,9 +360,11 @@ class Pool:
 
     def retire_after(self, worker: WorkerProcess, reason: str) -> None:
         """Retire ``worker`` now if idle, else once its current request is done."""
-        if worker.state is State.IDLE:
+        slot = self.workers.get(worker)
+        state = None if slot is None else slot.state  # None: gone meanwhile
+        if state is State.IDLE:
             self.retire(worker, reason)
-        elif worker.state is State.BUSY:
+        elif state is State.BUSY:
             self._set_state(worker, State.RETIRING, reason)
 
     def retire(self, worker: WorkerProcess, reason: str) -> None:
@@ -350,14 +393,15 @@ class Pool:
                 old.remove(template)
                 self._set_state(template, State.EXITING, grace=KILL_GRACE)  # exits at EOF
         for worker in list(self._processes):
-            if worker.state is not State.EXITING:
+            slot = self.workers.get(worker)
+            if slot is None or slot.state is not State.EXITING:
                 continue
             code = worker.popen.poll()
             if code is not None:
                 self._set_state(worker, State.GONE)
                 log.info("worker %d (pid %d) exited (%s)", worker.id, worker.pid,
                          describe_exit(code))  # fmt: skip
-            elif now >= worker.kill_at:
+            elif now >= slot.kill_at:
                 worker.signal_group(signal.SIGKILL)
 
     def tick(self) -> int:
@@ -368,13 +412,13 @@ class Pool:
         for worker in list(self._idle):
             if not worker.alive():
                 self.lost(worker, "died while idle")
-            elif worker.expires_at and now >= worker.expires_at:
+            elif 0 < self.workers[worker].expires_at <= now:
                 self.retire(worker, "max_lifetime")
         extra = self.up - self._count(State.RETIRING) - self.target
-        for worker in sorted(self._idle, key=lambda w: w.since):
+        for worker in sorted(self._idle, key=lambda w: self.workers[w].since):
             if extra <= 0:
                 break
-            if now - worker.since >= self.config.idle_timeout:
+            if now - self.workers[worker].since >= self.config.idle_timeout:
                 self.retire(worker, "idle")
                 extra -= 1
         if self.launcher.backing_off() > 0 or self.closing:
@@ -390,7 +434,8 @@ class Pool:
         if self.config.preload:  # new code comes from a new template
             await self.launcher.new_template()
         for old in sorted(self.workers, key=lambda w: w.id):
-            if old.state not in (State.IDLE, State.BUSY):
+            slot = self.workers.get(old)  # it may have gone meanwhile
+            if slot is None or slot.state not in (State.IDLE, State.BUSY):
                 continue
             new = await self._spawn(replacing=old.id)
             self._offer(new)
@@ -417,7 +462,7 @@ class Pool:
                 tg.start_soon(self._stop, template)
 
     async def _stop(self, worker: WorkerProcess) -> None:
-        busy = worker.state in (State.BUSY, State.RETIRING)
+        busy = self._slot(worker).state in (State.BUSY, State.RETIRING)
         self._set_state(worker, State.EXITING, grace=KILL_GRACE)
         code = await worker.stop(grace=0.0 if busy else KILL_GRACE)
         self._set_state(worker, State.GONE)

@@ -8,7 +8,6 @@ and trio, and survives the loop it was started on.
 from __future__ import annotations
 
 import contextlib
-import enum
 import fcntl
 import logging
 import os
@@ -116,17 +115,6 @@ _KILLED = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT})
 KILL_GRACE = 2.0
 
 
-class State(enum.Enum):
-    """Where a worker is in its life; only ``Pool._set_state`` changes it."""
-
-    STARTING = "starting"  # spawned, not READY yet
-    IDLE = "idle"
-    BUSY = "busy"  # leased to one request
-    RETIRING = "retiring"  # leased, and leaves once that request ends
-    EXITING = "exiting"  # pipes closed; reaped (or killed past its grace) by the pool
-    GONE = "gone"  # reaped
-
-
 class WorkerProcess:
     """One worker process and its two pipes: the facts about it, and how to stop it.
 
@@ -143,17 +131,9 @@ class WorkerProcess:
         self.template: Template | None = None  # the preload template it was forked from
         self.reader = open_reader(rfd, f"worker {worker_id}")
         self.started_at = time.monotonic()
-        # Bookkeeping of the pool, which alone writes these.
-        self.state = State.STARTING
-        self.since = self.started_at  # when it entered its state
-        self.reason = ""  # why it is retiring or exiting
-        self.requests = 0
-        self.request_limit = 0  # retire after this many requests (0: never)
-        self.expires_at = 0.0  # retire once time.monotonic() passes this (0: never)
-        self.kill_at = 0.0  # EXITING: SIGKILL if it has not exited by then
 
     def __repr__(self) -> str:
-        return f"<worker {self.id} pid {self.pid} {self.state.value}>"
+        return f"<worker {self.id} pid {self.pid}>"
 
     @classmethod
     def spawn(
