@@ -15,12 +15,10 @@ dispatch. Request deadlines need neither: the lease's reads enforce them.
 
 from __future__ import annotations
 
-import enum
 import logging
 import signal
 import time
 import weakref
-from dataclasses import dataclass
 
 import anyio
 
@@ -38,6 +36,7 @@ from ._lease import Lease
 from ._loader import AppSpec
 from ._process import KILL_GRACE, WorkerProcess, describe_exit
 from ._queue import WaitQueue, Watch
+from ._slot import LIVE, Slot, State
 from ._stats import PoolStats, WorkerInfo, rss_of
 
 log = logging.getLogger("wsgipool.pool")
@@ -46,34 +45,6 @@ log = logging.getLogger("wsgipool.pool")
 RETIRE_GRACE = 10.0
 #: Start-up attempts a request makes when workers are killed from outside meanwhile.
 START_TRIES = 3
-
-
-class State(enum.Enum):
-    """Where a worker is in its life; only ``Pool._set_state`` changes it."""
-
-    STARTING = "starting"  # spawned, not READY yet
-    IDLE = "idle"
-    BUSY = "busy"  # leased to one request
-    RETIRING = "retiring"  # leased, and leaves once that request ends
-    EXITING = "exiting"  # pipes closed; reaped (or killed past its grace) by the pool
-    GONE = "gone"  # reaped
-
-
-_LIVE = (State.IDLE, State.BUSY, State.RETIRING)
-
-
-@dataclass(eq=False)
-class Slot:
-    """The pool's record of one worker: where it is in its life and when it is due to go.
-    (The process handle keeps only process facts; a request's own state is its lease's.)"""
-
-    since: float  # when it entered its state
-    state: State = State.STARTING
-    reason: str = ""  # why it is retiring or exiting
-    requests: int = 0
-    request_limit: int = 0  # retire after this many requests (0: never)
-    expires_at: float = 0.0  # retire once time.monotonic() passes this (0: never)
-    kill_at: float = 0.0  # EXITING: SIGKILL if it has not exited by then
 
 
 def _kill_all(processes: set[WorkerProcess]) -> None:
@@ -162,7 +133,7 @@ class Pool:
     @property
     def up(self) -> int:
         """Workers that can serve or are serving."""
-        return self._count(*_LIVE)
+        return self._count(*LIVE)
 
     @property
     def waiting(self) -> int:
@@ -170,7 +141,7 @@ class Pool:
 
     def stats(self) -> PoolStats:
         by_id = sorted(self.workers.items(), key=lambda item: item[0].id)
-        live = [(worker, slot) for worker, slot in by_id if slot.state in _LIVE]
+        live = [(worker, slot) for worker, slot in by_id if slot.state in LIVE]
         launcher, template = self.launcher, self.launcher.template
         return PoolStats(
             workers=tuple(
