@@ -265,9 +265,9 @@ class ServerProcess:
         wait_for(up, timeout, f"{self.proc.args} to answer {path}")
         return self
 
-    def stop(self, timeout: float = 30.0) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
         finally:
@@ -419,45 +419,13 @@ class Reader:
             return False
 
 
-class Front:
+class Front(ServerProcess):
     """``python -m wsgipool serve ...`` in a subprocess on a free loopback port."""
 
     def __init__(self, tmp_path: Path, *args: str, cwd: Path = TESTS, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = tmp_path / f"front-{self.port}.log"
-        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        command = [sys.executable, "-m", "wsgipool", "serve", *args]
-        command += ["-b", f"127.0.0.1:{self.port}"]
-        self.proc = subprocess.Popen(
-            command, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **env}
-        )
-
-    def ready(self, timeout: float = 30.0) -> Front:
-        def up() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the front exited early:\n{self.output()}")
-            try:
-                return httpx.get(self.url + "/-/readyz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, timeout, "the front to be ready")
-        return self
+        port = free_port()
+        argv = ["wsgipool", "serve", *args, "-b", f"127.0.0.1:{port}"]
+        super().__init__(argv, tmp_path / f"front-{port}.log", port, cwd, {**os.environ, **env})
 
     def get(self, path: str = "/") -> httpx.Response:
         return httpx.get(self.url + path, timeout=30)
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            self.log.close()
