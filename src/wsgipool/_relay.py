@@ -40,6 +40,8 @@ CLOSE = (b"connection", b"close")
 #: Largest message made of queued chunks joined together: a slow client holds at most
 #: this much in the server's own write buffer.
 COALESCE = 256 * 1024
+#: ... and only when the front is this far behind: small responses keep their chunks.
+COALESCE_BEHIND = 64 * 1024
 #: A queued body chunk: the message is built from the spool's next chunk when sent.
 CHUNK = None
 Item = Message | None
@@ -190,7 +192,7 @@ class Relay:
         assert spool is not None
         data = spool.get()
         assert data is not None
-        if items and items[0] is CHUNK:
+        if items and items[0] is CHUNK and spool.size >= COALESCE_BEHIND:
             parts, size = [data], len(data)
             while items and items[0] is CHUNK and size < COALESCE:
                 items.popleft()
