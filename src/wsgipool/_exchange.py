@@ -67,7 +67,6 @@ class Exchange:
         self.disconnected = False  # the client left (or the server refused what we sent)
         self.too_large = False
         self.failure: BaseException | None = None  # raised from __call__ once done
-        self.lease: Lease | None = None
         self.pace: Pace | None = None  # the client's pace sending a buffered body
 
     # -- sending --------------------------------------------------------------------
@@ -178,7 +177,6 @@ class Exchange:
             lease = await self._acquire(self._client_gone if watch else None)
             if lease is None:
                 return None
-            self.lease = lease
             try:
                 await lease.send(*payload)
                 return lease
@@ -190,7 +188,6 @@ class Exchange:
             except BaseException:
                 lease.give_back()  # cancelled before the first byte
                 raise
-        self.lease = None
         await self.respond(502, "Bad Gateway")
         return None
 

@@ -47,7 +47,7 @@ class Spool:
     """Chunks in arrival order, in memory first and then in a temporary file."""
 
     __slots__ = ("_budget", "_dir", "_fd", "_in_memory", "_lengths", "_memory", "_out",
-                 "_out_held", "_out_size", "_read_at", "_write_at", "size", "spooled")  # fmt: skip
+                 "_out_held", "_out_size", "_read_at", "_write_at", "size")  # fmt: skip
 
     def __init__(self, budget: MemoryBudget, directory: str | None = None) -> None:
         self._budget = budget
@@ -61,14 +61,6 @@ class Spool:
         self._out_size = 0
         self._out_held = 0  # of those, taken from the budget
         self.size = 0  # bytes held, in memory and on disk
-        self.spooled = 0  # bytes that went to disk, in all
-
-    def __len__(self) -> int:
-        return len(self._memory) + len(self._lengths)
-
-    @property
-    def on_disk(self) -> int:
-        return self._write_at + self._out_size - self._read_at
 
     def put(self, chunk: bytes) -> None:
         size = len(chunk)
@@ -89,7 +81,6 @@ class Spool:
         self._out.append(chunk)
         self._out_size += len(chunk)
         self._lengths.append(len(chunk))
-        self.spooled += len(chunk)
         # What waits to be written is memory too: it counts against the budget.
         if self._budget.take(len(chunk)):
             self._out_held += len(chunk)
