@@ -1,5 +1,6 @@
-"""The wait queue on its own, on asyncio and trio: FIFO hand-off, waking, deadlines, and a
-worker handed to a request whose task is cancelled at the same moment.
+"""The wait queue on its own, on asyncio and trio: FIFO hand-off, newest first once backed
+up, waking, deadlines, and a worker handed to a request whose task is cancelled at the same
+moment.
 
 The queue treats a worker as an opaque token, so the workers here are plain strings; the
 pool's use of it (real processes) is tested through a server in test_supervision.
@@ -12,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from wsgipool._queue import Waiter, WaitQueue
+from wsgipool._queue import CONGESTED, Waiter, WaitQueue
 
 pytestmark = pytest.mark.anyio
 
@@ -65,6 +66,46 @@ async def test_workers_go_to_the_longest_waiting_first() -> None:
     assert pool.checked_out == ["w0", "w1", "w2"]
     assert len(queue) == 0
     assert not queue.hand("w3", pool.checkout)  # nobody waits: the caller keeps it
+
+
+async def test_a_backed_up_queue_serves_the_newest_first() -> None:
+    """Once the oldest has waited past CONGESTED, each worker goes to the newest request;
+    when the backlog is short again, the order is first come, first served again."""
+    queue = WaitQueue()
+    pool = Pool(queue)
+    got: dict[int, Waiter] = {}
+
+    async def request(n: int) -> None:
+        got[n] = await pool.wait()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for n in range(3):
+                tg.start_soon(request, n)
+                await queued(queue, n + 1)
+            await anyio.sleep(CONGESTED * 2)
+            tg.start_soon(request, 3)
+            await queued(queue, 4)
+            assert queue.backed_up()
+            for worker in ("w0", "w1", "w2"):
+                assert queue.hand(worker, pool.checkout)
+            while len(got) < 3:
+                await anyio.sleep(0)
+            tg.start_soon(request, 4)  # the oldest still waits: backed up
+            await queued(queue, 2)
+            assert queue.hand("w3", pool.checkout)
+            while 4 not in got:
+                await anyio.sleep(0)
+            assert queue.hand("w4", pool.checkout)
+            tg.start_soon(request, 5)  # nobody old waits any more: first come again
+            await queued(queue, 1)
+            tg.start_soon(request, 6)
+            await queued(queue, 2)
+            assert not queue.backed_up()
+            assert queue.hand("w5", pool.checkout)
+            assert queue.hand("w6", pool.checkout)
+    expected = {3: "w0", 2: "w1", 1: "w2", 4: "w3", 0: "w4", 5: "w5", 6: "w6"}
+    assert {n: w.worker for n, w in got.items()} == expected
 
 
 @pytest.mark.parametrize("order", ["hand-then-cancel", "cancel-then-hand"])

@@ -1,4 +1,12 @@
-"""The FIFO of requests waiting for a free worker.
+"""The queue of requests waiting for a free worker: first come, first served, until it backs up.
+
+While the queue drains quickly, workers go to the longest-waiting request. Once the oldest
+has waited more than :data:`CONGESTED` seconds, the queue is backed up (a burst of slow
+requests, a flood) and workers go to the *newest* request instead, until it drains: under
+overload a FIFO makes every request wait as long as the whole backlog, while newest-first
+keeps the wait of most requests short and lets the oldest, whose clients have likely given
+up, run into ``queue_timeout``. (Adaptive LIFO, as large RPC systems use it to stay
+responsive under load.)
 
 A waiting request does not get a task of its own: it waits in its own task, running its
 *watch* (for the front: "until the client disconnects") under
@@ -9,6 +17,7 @@ decides policy (backlog, timeouts, what an empty wake means); this only queues.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -20,6 +29,9 @@ from ._loop import Wake, wait_until_woken
 if TYPE_CHECKING:
     from ._process import WorkerProcess
 
+#: Seconds the oldest request may wait before the queue serves the newest first.
+CONGESTED = 0.05
+
 #: What a queued request runs while it waits; when it returns, the request leaves the queue.
 Watch = Callable[[], Awaitable[None]]
 
@@ -27,10 +39,11 @@ Watch = Callable[[], Awaitable[None]]
 class Waiter:
     """One queued request and how its wait ended."""
 
-    __slots__ = ("_wake", "error", "left", "woken", "worker")
+    __slots__ = ("_wake", "error", "left", "since", "woken", "worker")
 
     def __init__(self) -> None:
         self._wake: Wake | None = None
+        self.since = time.monotonic()
         self.worker: WorkerProcess | None = None  # handed over (None: woken to retry)
         self.error: Exception | None = None  # start-up failed and no worker is left
         self.woken = False
@@ -46,7 +59,7 @@ class Waiter:
 
 
 class WaitQueue:
-    """Requests waiting for a worker, longest-waiting first."""
+    """Requests waiting for a worker: longest-waiting first, newest first when backed up."""
 
     def __init__(self) -> None:
         self._waiters: deque[Waiter] = deque()
@@ -78,20 +91,28 @@ class WaitQueue:
                 self._waiters.remove(waiter)
         return waiter
 
+    def backed_up(self) -> bool:
+        """Has the oldest request waited longer than :data:`CONGESTED`?"""
+        waiters = self._waiters
+        return bool(waiters) and time.monotonic() - waiters[0].since > CONGESTED
+
     def hand(self, worker: WorkerProcess, checkout: Callable[[WorkerProcess], None]) -> bool:
-        """Give ``worker`` to the longest-waiting request, if there is one."""
+        """Give ``worker`` to the next request (see the module's docstring), if any."""
         if not self._waiters:
             return False
-        waiter = self._waiters.popleft()
+        waiter = self._next()
         waiter.worker = worker
         checkout(worker)
         waiter.wake()
         return True
 
     def wake_one(self) -> None:
-        """Let the longest-waiting request retry (capacity changed)."""
+        """Let the next request retry (capacity changed)."""
         if self._waiters:
-            self._waiters.popleft().wake()
+            self._next().wake()
+
+    def _next(self) -> Waiter:
+        return self._waiters.pop() if self.backed_up() else self._waiters.popleft()
 
     def wake_all(self, error: Exception | None = None) -> None:
         """Wake every waiting request, with ``error`` to raise if given."""
