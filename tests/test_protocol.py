@@ -158,6 +158,11 @@ def test_frame_at_the_limit_is_read_one_over_is_refused(pipe: Pipe) -> None:
         reader.read_from(rfd)
 
 
+def test_spill_frames_round_trip() -> None:
+    frames = FrameReader().feed(proto.spill_frame("/proc/7/fd/9", 1 << 30) + proto.spilled_frame(5))
+    assert frames == [proto.Spill("/proc/7/fd/9", 1 << 30), proto.Spilled(5)]
+
+
 def test_body_larger_than_a_chunk_is_split_into_frames() -> None:
     body = os.urandom(proto.MAX_CHUNK + 10)
     pieces = proto.body_frames(body)
@@ -189,6 +194,10 @@ MALFORMED = {
     "payload on END": (raw(proto.END, b"\x90"), "unexpected payload"),
     "payload on EOF": (raw(proto.EOF, b"x"), "unexpected payload"),
     "payload on ABORT": (raw(proto.ABORT, b"x"), "unexpected payload"),
+    "spill allowance str": (fields(proto.SPILL, "/proc/1/fd/3", "9"), "SPILL frame field"),
+    "spilled nothing": (fields(proto.SPILLED, 0), "SPILLED frame of 0 bytes"),
+    "spilled too much": (fields(proto.SPILLED, proto.MAX_CHUNK + 1), "SPILLED frame of"),
+    "spilled negative": (fields(proto.SPILLED, -5), "SPILLED frame of -5 bytes"),
 }
 
 

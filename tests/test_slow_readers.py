@@ -10,6 +10,7 @@ buffer for the readers that read nothing.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from contextlib import ExitStack
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from apps import pattern
 from support import MiB, PeakRSS, Reader, connect, hypercorn_thread, open_fds, wait_for
 from wsgipool import WsgiToAsgi
 
@@ -79,6 +81,47 @@ def test_a_reader_that_reads_nothing_does_not_hold_the_worker(
         slow.close()
         wait_for(lambda: open_fds() <= before, what="every descriptor closed")
         assert app.stats().restarts == {}
+
+
+def bytes_read() -> int:
+    """Bytes this process (the front, and the test's clients) has read by any call."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_the_worker_writes_a_stalled_readers_response_to_disk_itself(
+    serve: Any, http: str, tmp_path: Path
+) -> None:
+    # Once the spool is on disk the worker writes the rest into the spool's file: the
+    # front reads the bytes only when the client takes them, and every byte arrives.
+    options = {"buffer_dir": str(tmp_path), "metrics": True, "status": True}
+    app = WsgiToAsgi("apps:random_download", workers=1, **options)
+    with serve(app, http=http) as server, connect(server.port, rcvbuf=4096) as slow:
+        before = bytes_read()
+        request(slow, "/?mib=32&seed=5")
+        reader = Reader(slow)
+        assert reader.head()[0] == 200
+        wait_for(lambda: len(app.stats().idle) == 1, what="the worker free")
+        read = bytes_read() - before
+        assert read < 12 * MiB, f"the front read {read / MiB:.1f} MiB of a 32 MiB response"
+        metrics = httpx.get(server.url + "/-/metrics", timeout=10).text
+        on_disk = [line for line in metrics.splitlines() if 'where="disk"' in line]
+        assert on_disk
+        assert float(on_disk[0].split()[-1]) >= 16 * MiB
+        page = httpx.get(server.url + "/-/status", timeout=10).text
+        shown = re.search(r"([\d.]+) MiB in memory, ([\d.]+) MiB on disk", page)
+        assert shown is not None
+        assert float(shown[1]) <= 1.5
+        assert float(shown[2]) >= 16
+        body = bytearray(reader.buffer)  # the rest with a linear read: 4 KiB per recv
+        while len(body) < 32 * MiB and (piece := slow.recv(MiB)):
+            body += piece
+        assert body == b"".join(pattern(32 * MiB, seed=5))
+        wait_for(lambda: not spool_files(tmp_path), what="the spool files closed")
+    assert app.stats().restarts == {}
 
 
 @pytest.mark.parametrize("http", ["h11", "httptools"])

@@ -49,7 +49,7 @@ class WsgiToAsgi:
         self.pool = Pool(self.spec, self.config)
         self.budget = MemoryBudget(self.config.buffer_memory or 0)  # bodies held in memory
         self.refusals = Refusals()  # also counted by the server layer of ``wsgipool serve``
-        self.observer = observer_for(self.pool, label(self.spec), self.refusals)  # /-/ paths
+        self.observer = observer_for(self.pool, label(self.spec), self.refusals, self.budget)
 
     def __repr__(self) -> str:
         return f"<WsgiToAsgi {label(self.spec)} workers={self.config.workers}>"

@@ -62,6 +62,10 @@ class Lease:
             raise LeaseEndedError(f"{self!r} ended")
         await self.worker.write(*pieces)
 
+    def try_send(self, frame: bytes) -> bool:
+        """A small frame to the worker now if its pipe has room, else nothing (False)."""
+        return not self.ended and self.worker.try_write(frame)
+
     async def read(self, patience: float | None = None) -> list[Frame] | None:
         """The next frames from the worker; None if ``patience`` seconds passed first.
 

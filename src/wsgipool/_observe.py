@@ -23,6 +23,7 @@ from typing import Any
 from ._errors import ConfigError
 from ._guard import Refusals
 from ._pool import Pool
+from ._spool import MemoryBudget
 from ._stats import PoolStats, WorkerInfo, rss_of
 from ._types import Message, Scope, Send
 
@@ -34,12 +35,19 @@ Answer = tuple[int, str, bytes]
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-def observer_for(pool: Pool, label: str, refusals: Refusals | None = None) -> Observer | None:
+def observer_for(
+    pool: Pool,
+    label: str,
+    refusals: Refusals | None = None,
+    budget: MemoryBudget | None = None,
+) -> Observer | None:
     """An observer if the pool's config enables any ``/-/`` endpoint, else None."""
     config = pool.config
     if not (config.health or config.metrics or config.status):
         return None
-    return Observer(pool, label, Refusals() if refusals is None else refusals)
+    return Observer(
+        pool, label, Refusals() if refusals is None else refusals, budget or MemoryBudget(0)
+    )
 
 
 def relative_path(scope: Scope) -> str:
@@ -67,11 +75,12 @@ def readiness(stats: PoolStats) -> dict[str, object]:
 class Observer:
     """Answers the ``/-/`` endpoints the config enables and times every other request."""
 
-    def __init__(self, pool: Pool, label: str, refusals: Refusals) -> None:
+    def __init__(self, pool: Pool, label: str, refusals: Refusals, budget: MemoryBudget) -> None:
         config = pool.config
         self.pool = pool
         self.label = label
         self.refusals = refusals
+        self.budget = budget
         self.started_at = time.time()
         self.routes: dict[str, Callable[[], Answer]] = {}
         if config.health:
@@ -81,7 +90,7 @@ class Observer:
             self.routes[STATUS] = self.status_page
         self.metrics: Metrics | None = None
         if config.metrics:
-            self.metrics = Metrics(pool, refusals)
+            self.metrics = Metrics(pool, refusals, budget)
             self.routes[config.metrics_path] = self.metrics.render
 
     async def answer(self, scope: Scope, send: Send) -> bool:
@@ -122,7 +131,7 @@ class Observer:
 class Metrics:
     """Prometheus metrics of one adapter, in a registry of its own."""
 
-    def __init__(self, pool: Pool, refusals: Refusals) -> None:
+    def __init__(self, pool: Pool, refusals: Refusals, budget: MemoryBudget) -> None:
         try:
             from prometheus_client import CollectorRegistry, Counter, Histogram
         except ImportError as exc:
@@ -142,6 +151,7 @@ class Metrics:
         )
         self.registry.register(PoolCollector(pool))
         self.registry.register(RefusalCollector(refusals))
+        self.registry.register(BufferCollector(budget))
 
     def timed(self, send: Send) -> Timing:
         return Timing(self, send)
@@ -255,6 +265,28 @@ class RefusalCollector:
         yield connections
 
 
+class BufferCollector:
+    """Reads the bytes of bodies the front holds for slow clients at scrape time."""
+
+    def __init__(self, budget: MemoryBudget) -> None:
+        self.budget = budget
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        held = GaugeMetricFamily(
+            "wsgipool_buffered_bytes",
+            "Bytes of request and response bodies held for slow clients now, by where",
+            labels=["where"],
+        )
+        held.add_metric(["memory"], self.budget.used)
+        held.add_metric(["disk"], self.budget.on_disk)
+        yield held
+
+
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="5">
@@ -277,6 +309,7 @@ th {{ background: #f6f6f6; }} td.state {{ text-align: left; }}
 </table>
 <p id="restarts">Workers replaced: {restarts}.</p>
 <p id="refused">Requests refused: {refused}. Connections closed: {closed}.</p>
+<p id="buffered">Bodies held for slow clients: {memory} in memory, {disk} on disk.</p>
 </body></html>
 """
 _ROW = (
@@ -330,4 +363,6 @@ def render_status(observer: Observer) -> str:
         restarts=restarts or "none",
         refused=html.escape(refused or "none"),
         closed=html.escape(closed or "none"),
+        memory=mebibytes(observer.budget.used),
+        disk=mebibytes(observer.budget.on_disk),
     )

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -227,6 +228,16 @@ class WorkerProcess:
                         rest = _after(rest, written)
             if scope.cancelled_caught:
                 raise WorkerGoneError(f"worker {self.id} stopped reading its pipe")
+
+    def try_write(self, frame: bytes) -> bool:
+        """Write one small frame whole, now, or not at all: a pipe write of at most
+        ``PIPE_BUF`` bytes is atomic, so it is never cut in half."""
+        if len(frame) > select.PIPE_BUF:
+            raise ValueError(f"{len(frame)} bytes is too much for an atomic write")
+        try:
+            return self._write_some((frame,), WorkerGoneError) is not None
+        except WorkerGoneError:
+            return False  # the reads will say the worker is gone
 
     async def _wait_writable(self, error: type[WorkerGoneError]) -> None:
         try:

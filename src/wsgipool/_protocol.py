@@ -15,6 +15,9 @@ Front -> worker::
                               (``/proc/<front>/fd/<n>``): the worker reads them itself
     EOF                       the request body is complete
     ABORT                     the client went away: stop the response
+    SPILL    path, allowance  the client is behind: write up to ``allowance`` more body
+                              bytes into the file the front holds (``/proc/<front>/fd/<n>``),
+                              from its start, instead of into the pipe
 
 Worker -> front::
 
@@ -22,6 +25,7 @@ Worker -> front::
     FAILED   message, tb      the app did not import; the worker exits
     START    status, headers  status int, headers [[name, value], ...] as latin-1 bytes
     BODY     <bytes>          a response chunk, exactly as the app yielded it
+    SPILLED  size             the next response chunk is the spill file's next ``size`` bytes
     END                       the response is complete (after START)
     ERROR    message          the app failed; before START the front answers 500
     LOG      level, message   a line the app wrote to ``wsgi.errors``
@@ -50,12 +54,14 @@ BODY: Final = 2
 EOF: Final = 3
 ABORT: Final = 4
 FILE: Final = 5
+SPILL: Final = 6
 READY: Final = 10
 FAILED: Final = 11
 START: Final = 12
 END: Final = 13
 ERROR: Final = 14
 LOG: Final = 15
+SPILLED: Final = 16
 
 #: Largest frame either side accepts; a bigger one means a broken peer.
 MAX_FRAME: Final = 64 * 1024 * 1024
@@ -104,6 +110,15 @@ class Abort(NamedTuple):
     pass
 
 
+class Spill(NamedTuple):
+    path: str
+    allowance: int
+
+
+class Spilled(NamedTuple):
+    size: int
+
+
 class Ready(NamedTuple):
     pid: int
 
@@ -138,6 +153,8 @@ Frame = (
     | BodyFile
     | Eof
     | Abort
+    | Spill
+    | Spilled
     | Ready
     | Failed
     | Start
@@ -179,6 +196,14 @@ def hello_frame(options: Hello) -> bytes:
 
 def file_frame(path: str, offset: int, size: int) -> bytes:
     return pack(FILE, path, offset, size)
+
+
+def spill_frame(path: str, allowance: int) -> bytes:
+    return pack(SPILL, path, allowance)
+
+
+def spilled_frame(size: int) -> bytes:
+    return pack(SPILLED, size)
 
 
 def request_frame(environ: dict[str, str]) -> bytes:
@@ -248,6 +273,19 @@ def _file(fields: list[Any]) -> Frame:
     )
 
 
+def _spill(fields: list[Any]) -> Frame:
+    _want("SPILL", fields, 2)
+    return Spill(_typed("SPILL", fields[0], str), _typed("SPILL", fields[1], int))
+
+
+def _spilled(fields: list[Any]) -> Frame:
+    _want("SPILLED", fields, 1)
+    size = _typed("SPILLED", fields[0], int)
+    if not 0 < size <= MAX_CHUNK:
+        raise ProtocolError(f"SPILLED frame of {size} bytes")
+    return Spilled(size)
+
+
 def _ready(fields: list[Any]) -> Frame:
     _want("READY", fields, 1)
     return Ready(_typed("READY", fields[0], int))
@@ -288,6 +326,8 @@ _DECODERS: dict[int, Callable[[list[Any]], Frame]] = {
     HELLO: _hello,
     REQUEST: _request,
     FILE: _file,
+    SPILL: _spill,
+    SPILLED: _spilled,
     READY: _ready,
     FAILED: _failed,
     START: _start,

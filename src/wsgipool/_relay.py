@@ -82,6 +82,8 @@ class Relay:
         self._room: anyio.Event | None = None  # the pump waits for the spool to shrink
         self._done = False  # the pump has queued the response's last item
         self._lock: anyio.Lock | None = None  # streamed: writes and the release take turns
+        self._fed = False  # the request body and its EOF are in the worker's pipe
+        self._spill = False  # the worker was asked to write into the spool's spill file
 
     async def run(self, more: bool, received: int, body: Spool | None) -> None:
         """Relay the response; every way out ends the lease."""
@@ -109,6 +111,8 @@ class Relay:
             kind = type(frame)
             if kind is proto.Body:
                 self._chunk(frame.data)  # type: ignore[union-attr]
+            elif kind is proto.Spilled:
+                self._adopt(frame.size)  # type: ignore[union-attr]
             elif kind is proto.Start:
                 self.pending = {
                     "type": "http.response.start",
@@ -146,6 +150,15 @@ class Relay:
             log.error("response to %s cut off: %s", self.x.request_line, exc)
             self.x.disconnected = True
             return
+        self.items.append(CHUNK)
+
+    def _adopt(self, size: int) -> None:
+        if not self._spill or self.spool is None:
+            raise ProtocolError("SPILLED frame from a worker that was not asked to spill")
+        if self.x.disconnected or self.x.too_large:
+            return
+        self._commit()
+        self.spool.adopt(size)
         self.items.append(CHUNK)
 
     def _end(self) -> None:
@@ -261,6 +274,8 @@ class Relay:
                 assert frames is not None
                 done = self.take(frames)
                 self._queued()
+                if not done and not self._spill and self.spool.on_disk:
+                    self._ask_to_spill(cap)
                 if done:
                     # Not while the feed is mid-write: the worker's next request must
                     # not get the rest of this one's body (later writes are refused).
@@ -282,6 +297,29 @@ class Relay:
             self._queued()
             pumped.set()
 
+    def _ask_to_spill(self, cap: int) -> None:
+        """The client is far enough behind that the spool went to disk: ask the worker to
+        write the rest into a file of the spool's itself (one copy, in the worker, instead
+        of two in the front). Only a worker that runs as the front's user can open the
+        file; only once nothing else writes to its pipe; never waiting for room in it."""
+        x = self.x
+        assert self.spool is not None
+        assert self._lock is not None
+        if (
+            x.pool.launcher.identity is not None
+            or not self._fed
+            or self._lock.locked()
+            or cap <= self.spool.size
+        ):
+            return
+        try:
+            fd = self.spool.spill_file()
+        except SpoolError:
+            self._spill = True  # no file to offer: the front goes on writing its own
+            return
+        frame = proto.spill_frame(f"/proc/{os.getpid()}/fd/{fd}", cap - self.spool.size)
+        self._spill = self.lease.try_send(frame)
+
     # -- client -> worker -----------------------------------------------------------
 
     async def _feed(self, lock: anyio.Lock, more: bool, size: int, body: Spool | None) -> None:
@@ -293,6 +331,7 @@ class Relay:
                 if not more:
                     async with lock:
                         await self.lease.send(proto.EOF_FRAME)
+            self._fed = not more
             while more:
                 message = await x.receive()
                 if message["type"] == "http.disconnect":
@@ -308,6 +347,7 @@ class Relay:
                     pieces.append(proto.EOF_FRAME)
                 async with lock:
                     await self.lease.send(*pieces)
+                self._fed = not more
             else:
                 message = await x.receive()  # returns only once the client has gone
             if message["type"] == "http.disconnect":

@@ -5,6 +5,10 @@ while the front-wide :class:`MemoryBudget` has room; beyond that they are append
 unlinked temporary file (``O_TMPFILE`` where Linux has it), so nothing is left on disk
 when the request ends, whether it ends normally, is cancelled, or the front is killed.
 Chunk boundaries are kept, so what goes in as one chunk comes out as one chunk.
+
+A response spool can also have a second file, the *spill file*, which the worker writes
+itself (see ``Relay``): the front then only records where each chunk lies (:meth:`adopt`)
+and copies nothing until the client reads it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from collections import deque
 MEMORY_PER_SPOOL = 1024 * 1024
 #: Bytes gathered before one write to the file.
 WRITE_AT = 1024 * 1024
+#: The spool's own file, in a chunk's place on disk (its descriptor is opened lazily).
+OWN = -1
 
 
 class SpoolError(Exception):
@@ -25,13 +31,14 @@ class SpoolError(Exception):
 
 
 class MemoryBudget:
-    """Bytes of bodies the whole front may hold in memory at once."""
+    """Bytes of bodies the whole front may hold in memory at once (and holds on disk now)."""
 
-    __slots__ = ("limit", "used")
+    __slots__ = ("limit", "on_disk", "used")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.used = 0
+        self.used = 0  # in memory
+        self.on_disk = 0  # in spool files, the workers' spills included
 
     def take(self, size: int) -> bool:
         if self.used + size > self.limit:
@@ -44,10 +51,11 @@ class MemoryBudget:
 
 
 class Spool:
-    """Chunks in arrival order, in memory first and then in a temporary file."""
+    """Chunks in arrival order, in memory first and then in temporary files."""
 
-    __slots__ = ("_budget", "_dir", "_fd", "_in_memory", "_lengths", "_memory", "_out",
-                 "_out_held", "_out_size", "_read_at", "_write_at", "size")  # fmt: skip
+    __slots__ = ("_budget", "_dir", "_disk", "_fd", "_in_memory", "_memory", "_out",
+                 "_out_held", "_out_size", "_spill_at", "_spill_fd", "_write_at",
+                 "size")  # fmt: skip
 
     def __init__(self, budget: MemoryBudget, directory: str | None = None) -> None:
         self._budget = budget
@@ -55,17 +63,24 @@ class Spool:
         self._memory: deque[bytes] = deque()
         self._in_memory = 0
         self._fd = -1
-        self._lengths: deque[int] = deque()  # chunks waiting in the file, in order
-        self._read_at = self._write_at = 0  # of the file (``_out`` is written at _write_at)
-        self._out: list[bytes] = []  # chunks bound for the file, written together
+        self._write_at = 0  # where the next chunk goes in the own file (``_out`` first)
+        self._disk: deque[tuple[int, int, int]] = deque()  # (fd or OWN, offset, size)
+        self._out: list[bytes] = []  # chunks bound for the own file, written together
         self._out_size = 0
         self._out_held = 0  # of those, taken from the budget
+        self._spill_fd = -1
+        self._spill_at = 0  # where the worker's next chunk lies in the spill file
         self.size = 0  # bytes held, in memory and on disk
+
+    @property
+    def on_disk(self) -> bool:
+        """Has the spool begun to use a file (so new chunks go there, after the others)?"""
+        return bool(self._disk)
 
     def put(self, chunk: bytes) -> None:
         size = len(chunk)
         if (
-            not self._lengths
+            not self._disk
             and self._in_memory + size <= MEMORY_PER_SPOOL
             and self._budget.take(size)
         ):
@@ -78,12 +93,14 @@ class Spool:
     def _write(self, chunk: bytes) -> None:
         """Queue ``chunk`` for the file; a write call per ``WRITE_AT`` bytes, not per chunk
         (a body arrives in many small pieces)."""
+        size = len(chunk)
+        self._disk.append((OWN, self._write_at + self._out_size, size))
+        self._budget.on_disk += size
         self._out.append(chunk)
-        self._out_size += len(chunk)
-        self._lengths.append(len(chunk))
+        self._out_size += size
         # What waits to be written is memory too: it counts against the budget.
-        if self._budget.take(len(chunk)):
-            self._out_held += len(chunk)
+        if self._budget.take(size):
+            self._out_held += size
             if self._out_size < WRITE_AT:
                 return
         self._flush()
@@ -112,72 +129,95 @@ class Spool:
         self._budget.give(self._out_held)
         self._out_held = 0
 
+    def spill_file(self) -> int:
+        """The descriptor of the spill file, made on first use; SpoolError if it cannot be."""
+        if self._spill_fd < 0:
+            try:
+                self._spill_fd = _temporary_file(self._dir)
+            except OSError as exc:
+                raise SpoolError(f"cannot make a spill file: {exc}") from exc
+        return self._spill_fd
+
+    def adopt(self, size: int) -> None:
+        """The next chunk is the spill file's next ``size`` bytes (the worker wrote them)."""
+        self._disk.append((self._spill_fd, self._spill_at, size))
+        self._spill_at += size
+        self._budget.on_disk += size
+        self.size += size
+
     def get(self) -> bytes | None:
         """The oldest chunk, or None if the spool is empty."""
         if self._memory:
             chunk = self._memory.popleft()
             self._in_memory -= len(chunk)
             self._budget.give(len(chunk))
-        elif self._lengths:
-            self._flush()
-            chunk = self._read(self._lengths.popleft())
-            if not self._lengths:  # drained: start the file over (old bytes are not read)
-                self._read_at = self._write_at = 0
+        elif self._disk:
+            fd, offset, size = self._disk.popleft()
+            if fd == OWN:
+                self._flush()
+                fd = self._fd
+            chunk = self._read(fd, offset, size)
+            self._budget.on_disk -= size
+            if not self._disk:  # the own file starts over: what it holds was read
+                self._write_at = 0
         else:
             return None
         self.size -= len(chunk)
         return chunk
 
-    def _read(self, size: int) -> bytes:
+    def _read(self, fd: int, offset: int, size: int) -> bytes:
+        parts = []
         try:
-            return self._read_in(size)
+            while size:
+                part = os.pread(fd, size, offset)
+                if not part:
+                    raise OSError("spool file ended early")
+                parts.append(part)
+                offset += len(part)
+                size -= len(part)
         except OSError as exc:
             raise SpoolError(f"cannot read a spool file: {exc}") from exc
-
-    def _read_in(self, size: int) -> bytes:
-        parts = []
-        while size:
-            part = os.pread(self._fd, size, self._read_at)
-            if not part:
-                raise OSError("spool file ended early")
-            parts.append(part)
-            self._read_at += len(part)
-            size -= len(part)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def hand_over(self) -> tuple[list[bytes], tuple[int, int, int] | None]:
         """Everything held, for a reader that takes the file part itself: the chunks in
-        memory, and ``(fd, offset, size)`` of the bytes in the file (None if none). The
-        spool is empty afterwards but keeps its file open until :meth:`close`."""
+        memory, and ``(fd, offset, size)`` of the bytes in the own file (None if none). The
+        spool is empty afterwards but keeps its file open until :meth:`close`. (A request
+        body's spool: it has no spill file.)"""
         chunks = list(self._memory)
         self._budget.give(self._in_memory)
         self._memory.clear()
         self._in_memory = 0
         region = None
-        if self._lengths:
+        if self._disk:
             self._flush()
-            region = (self._fd, self._read_at, self._write_at - self._read_at)
-            self._lengths.clear()
-            self._read_at = self._write_at
+            offset = self._disk[0][1]
+            region = (self._fd, offset, self._write_at - offset)
+            self._forget_disk()
         self.size = 0
         return chunks, region
 
+    def _forget_disk(self) -> None:
+        self._budget.on_disk -= sum(size for _, _, size in self._disk)
+        self._disk.clear()
+
     def close(self) -> None:
-        """Drop everything held (idempotent); closing the file frees it."""
+        """Drop everything held (idempotent); closing the files frees them."""
         self._budget.give(self._in_memory)
         self._memory.clear()
         self._in_memory = 0
-        self._lengths.clear()
+        self._forget_disk()
         self._out.clear()
         self._out_size = 0
         self._budget.give(self._out_held)
         self._out_held = 0
         self.size = 0
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = -1
-            self._read_at = self._write_at = 0
+        for fd in (self._fd, self._spill_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = self._spill_fd = -1
+        self._write_at = self._spill_at = 0
 
 
 def _temporary_file(directory: str | None) -> int:

@@ -29,6 +29,7 @@ from ._protocol import (
     ERROR,
     FAILED,
     LOG,
+    MAX_CHUNK,
     READY,
     Abort,
     Body,
@@ -39,10 +40,12 @@ from ._protocol import (
     Hello,
     HelloFrame,
     Request,
+    Spill,
     body_frames,
     fork_reply,
     pack,
     read_fork_request,
+    spilled_frame,
     start_frame,
 )
 from ._titles import set_title
@@ -74,6 +77,7 @@ class Channel:
         self.out_size = 0
         self.aborted = False
         self.body_file: list[int] | None = None  # [fd, offset, end] of a FILE being read
+        self.spill: list[int] | None = None  # [fd, offset, allowance left] of a SPILL
         # App threads may write to wsgi.errors while the main thread streams the response:
         # whole frames only, so queueing and flushing take turns.
         self.lock = threading.RLock()
@@ -126,13 +130,57 @@ class Channel:
             self.body_file = None
 
     def check_abort(self) -> bool:
-        """Non-blocking: has the front asked to stop this response?"""
+        """Non-blocking: has the front asked to stop this response? (A SPILL it sent
+        meanwhile is taken up too.)"""
         if not self.aborted and select.select([self.rfd], [], [], 0)[0]:
             self._read()
-            kept = deque(f for f in self.pending if type(f) is not Abort)
-            self.aborted = len(kept) != len(self.pending)
+            kept: deque[Frame] = deque()
+            for frame in self.pending:
+                if type(frame) is Abort:
+                    self.aborted = True
+                elif type(frame) is Spill:
+                    self._open_spill(frame)
+                else:
+                    kept.append(frame)
             self.pending = kept
         return self.aborted
+
+    def _open_spill(self, frame: Spill) -> None:
+        """The client is behind: the front's spill file takes the rest of the body. If it
+        cannot be opened, the body goes on through the pipe, as it would anyway."""
+        if self.spill is None:
+            try:
+                fd = os.open(frame.path, os.O_WRONLY | os.O_CLOEXEC)
+            except OSError:
+                return
+            self.spill = [fd, 0, frame.allowance]
+
+    def spill_chunk(self, chunk: bytes) -> bool:
+        """Write ``chunk`` into the spill file and say so in the pipe; False (and the spill
+        is over) if it does not fit the allowance or cannot be written."""
+        assert self.spill is not None
+        fd, offset, left = self.spill
+        if len(chunk) > left:
+            self.close_spill()
+            return False
+        view = memoryview(chunk)
+        try:
+            done = 0
+            while done < len(view):
+                done += os.pwrite(fd, view[done:], offset + done)
+        except OSError:  # disk full: what did not fit goes through the pipe
+            self.close_spill()
+            return False
+        self.spill[1:] = [offset + done, left - done]
+        with self.lock:
+            for start in range(0, done, MAX_CHUNK):
+                self.queue(spilled_frame(min(MAX_CHUNK, done - start)))
+        return True
+
+    def close_spill(self) -> None:
+        if self.spill is not None:
+            os.close(self.spill[0])
+            self.spill = None
 
     def queue(self, piece: bytes | memoryview) -> None:
         with self.lock:
@@ -219,6 +267,7 @@ class Worker:
             if result is not None:
                 self.close(result)
             channel.close_body_file()
+            channel.close_spill()
         if failure is None:
             channel.send(END_FRAME)
         else:
@@ -262,7 +311,9 @@ class Worker:
         if limit is not None and self.sent + len(chunk) > limit:
             self.emit_log(f"response body longer than its Content-Length ({limit}); cut")
             chunk = chunk[: limit - self.sent]
-        self.channel.queue_pieces(body_frames(chunk))
+        channel = self.channel
+        if channel.spill is None or not chunk or not channel.spill_chunk(chunk):
+            channel.queue_pieces(body_frames(chunk))
         self.sent += len(chunk)
         return self.sent == limit
 

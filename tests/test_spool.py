@@ -1,0 +1,122 @@
+"""The spool on its own: chunks come out in the order and shape they went in, from memory,
+the spool's own file and the spill file a worker writes, and the front-wide counts of
+what is held in memory and on disk stay exact."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import pytest
+
+from wsgipool._spool import MEMORY_PER_SPOOL, MemoryBudget, Spool, SpoolError
+
+
+def drain(spool: Spool) -> list[bytes]:
+    return list(iter(spool.get, None))
+
+
+def open_files(directory: Path) -> int:
+    """This process's descriptors of (unlinked) files in ``directory``."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith(f"{directory}/")
+    return count
+
+
+def test_small_chunks_stay_in_memory(tmp_path: Path) -> None:
+    budget = MemoryBudget(1 << 20)
+    spool = Spool(budget, str(tmp_path))
+    for chunk in (b"a", b"", b"bc"):
+        spool.put(chunk)
+    assert (spool.size, budget.used, budget.on_disk, spool.on_disk) == (3, 3, 0, False)
+    assert drain(spool) == [b"a", b"", b"bc"]
+    assert (spool.size, budget.used) == (0, 0)
+    assert open_files(tmp_path) == 0  # no file was needed
+
+
+def test_past_its_memory_share_a_spool_writes_to_a_file(tmp_path: Path) -> None:
+    budget = MemoryBudget(64 << 20)
+    spool = Spool(budget, str(tmp_path))
+    chunks = [bytes([n]) * 300_000 for n in range(8)]  # 2.4 MB: past MEMORY_PER_SPOOL
+    for chunk in chunks:
+        spool.put(chunk)
+    in_memory = MEMORY_PER_SPOOL // 300_000 * 300_000
+    assert spool.on_disk
+    assert budget.on_disk == len(chunks) * 300_000 - in_memory
+    assert drain(spool) == chunks
+    assert (budget.used, budget.on_disk, spool.size) == (0, 0, 0)
+    assert open_files(tmp_path) == 1
+    spool.close()
+    assert open_files(tmp_path) == 0
+
+
+def test_with_the_budget_spent_chunks_go_to_the_file(tmp_path: Path) -> None:
+    budget = MemoryBudget(0)
+    spool = Spool(budget, str(tmp_path))
+    spool.put(b"x" * 10)
+    assert spool.on_disk
+    assert (budget.used, budget.on_disk) == (0, 10)
+    spool.put(b"y")
+    assert drain(spool) == [b"x" * 10, b"y"]
+    spool.close()
+
+
+def test_spilled_chunks_are_read_from_the_spill_file_in_order(tmp_path: Path) -> None:
+    budget = MemoryBudget(0)
+    spool = Spool(budget, str(tmp_path))
+    spool.put(b"own-1")
+    fd = spool.spill_file()
+    assert spool.spill_file() == fd  # made once
+    # What a worker does with the file it was named: writes from its start, says how much.
+    with open(f"/proc/self/fd/{fd}", "wb", buffering=0) as worker_end:
+        worker_end.write(b"spill-1spill-22")
+    spool.adopt(7)
+    spool.adopt(8)
+    spool.put(b"own-2")  # a chunk that came through the pipe after the spill ended
+    assert (spool.size, budget.on_disk) == (25, 25)
+    assert drain(spool) == [b"own-1", b"spill-1", b"spill-22", b"own-2"]
+    assert (budget.used, budget.on_disk) == (0, 0)
+    spool.close()
+    assert open_files(tmp_path) == 0
+
+
+def test_close_forgets_what_is_held_and_frees_both_files(tmp_path: Path) -> None:
+    budget = MemoryBudget(1 << 20)
+    spool = Spool(budget, str(tmp_path))
+    spool.put(b"m" * 1000)
+    spool.put(b"d" * MEMORY_PER_SPOOL)  # past the spool's share: to the file
+    spool.spill_file()
+    spool.adopt(100)
+    assert open_files(tmp_path) == 2
+    spool.close()
+    spool.close()  # idempotent
+    assert (budget.used, budget.on_disk, spool.size) == (0, 0, 0)
+    assert open_files(tmp_path) == 0
+    assert spool.get() is None
+
+
+def test_a_spill_file_that_ends_early_is_a_spool_error(tmp_path: Path) -> None:
+
+    spool = Spool(MemoryBudget(0), str(tmp_path))
+    spool.spill_file()
+    spool.adopt(10)  # a worker said 10 bytes, wrote none
+    with pytest.raises(SpoolError, match="ended early"):
+        spool.get()
+    spool.close()
+
+
+def test_hand_over_names_the_file_part_of_a_request_body(tmp_path: Path) -> None:
+    budget = MemoryBudget(4)
+    spool = Spool(budget, str(tmp_path))
+    spool.put(b"abc")
+    spool.put(b"defgh")  # over the budget: the file
+    chunks, region = spool.hand_over()
+    assert chunks == [b"abc"]
+    assert region is not None
+    fd, offset, size = region
+    assert os.pread(fd, size, offset) == b"defgh"
+    assert (budget.used, budget.on_disk, spool.size) == (0, 0, 0)
+    spool.close()
