@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ._process import WorkerProcess
 
 #: Seconds the oldest request may wait before the queue serves the newest first.
-CONGESTED = 0.05
+CONGESTED = 0.5
 
 #: What a queued request runs while it waits; when it returns, the request leaves the queue.
 Watch = Callable[[], Awaitable[None]]
