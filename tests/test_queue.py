@@ -8,12 +8,13 @@ pool's use of it (real processes) is tested through a server in test_supervision
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import anyio
 import pytest
 
-from wsgipool._queue import CONGESTED, Waiter, WaitQueue
+from wsgipool._queue import CONGESTED, STARVING, Waiter, WaitQueue
 
 pytestmark = pytest.mark.anyio
 
@@ -106,6 +107,37 @@ async def test_a_backed_up_queue_serves_the_newest_first() -> None:
             assert queue.hand("w6", pool.checkout)
     expected = {3: "w0", 2: "w1", 1: "w2", 4: "w3", 0: "w4", 5: "w5", 6: "w6"}
     assert {n: w.worker for n, w in got.items()} == expected
+
+
+async def test_a_request_waiting_past_starving_is_served_first_again() -> None:
+    """However backed up the queue, the oldest is not starved: once it has waited
+    STARVING seconds (counted from when it first queued) it goes first."""
+    queue = WaitQueue()
+    pool = Pool(queue)
+    got: dict[str, Waiter] = {}
+
+    async def request(name: str, since: float | None = None) -> None:
+        got[name] = await queue.wait(None, None, pool.give_back, since)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(request, "starving", time.monotonic() - STARVING - 1)
+            await queued(queue, 1)
+            tg.start_soon(request, "backed up", time.monotonic() - CONGESTED - 1)
+            await queued(queue, 2)
+            tg.start_soon(request, "new")
+            await queued(queue, 3)
+            assert queue.hand("w0", pool.checkout)
+            while not got:
+                await anyio.sleep(0)
+            assert list(got) == ["starving"]
+            queue.hand("w1", pool.checkout)  # the oldest now is only backed up: newest
+            queue.hand("w2", pool.checkout)
+    assert {n: w.worker for n, w in got.items()} == {
+        "starving": "w0",
+        "new": "w1",
+        "backed up": "w2",
+    }
 
 
 @pytest.mark.parametrize("order", ["hand-then-cancel", "cancel-then-hand"])

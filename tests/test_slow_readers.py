@@ -114,7 +114,7 @@ def test_the_worker_writes_a_stalled_readers_response_to_disk_itself(
         page = httpx.get(server.url + "/-/status", timeout=10).text
         shown = re.search(r"([\d.]+) MiB in memory, ([\d.]+) MiB on disk", page)
         assert shown is not None
-        assert float(shown[1]) <= 1.5
+        assert float(shown[1]) <= 2.5  # 1 MiB held, and up to 1 MiB about to be written
         assert float(shown[2]) >= 16
         body = bytearray(reader.buffer)  # the rest with a linear read: 4 KiB per recv
         while len(body) < 32 * MiB and (piece := slow.recv(MiB)):

@@ -240,7 +240,7 @@ class Pool:
         While queued the caller's ``watch`` runs; if it returns (the client left), the
         request leaves the queue and the result is None.
         """
-        tries = 0
+        tries, since = 0, 0.0  # since: when the request first queued
         while True:
             if self.closing:
                 raise PoolClosedError("the server is shutting down")
@@ -264,7 +264,8 @@ class Pool:
                     raise
                 self._checkout(worker)
                 return self._lease(worker)
-            handed, left = await self._queue(watch)
+            since = since or time.monotonic()
+            handed, left = await self._queue(watch, since)
             if handed is not None:
                 return self._lease(handed)
             if left:
@@ -281,7 +282,7 @@ class Pool:
             # Its replacement may start now, while this last request runs.
             self._set_state(worker, State.RETIRING, "max_requests" if last else "max_lifetime")
 
-    async def _queue(self, watch: Watch | None) -> tuple[WorkerProcess | None, bool]:
+    async def _queue(self, watch: Watch | None, since: float) -> tuple[WorkerProcess | None, bool]:
         """Wait for a worker: (worker or None to retry, whether the request left)."""
         if len(self.waiters) >= self.config.backlog:
             raise OverloadedError(f"{len(self.waiters)} requests already waiting")
@@ -289,7 +290,7 @@ class Pool:
         owed = self.size < self.target
         if owed:  # capacity is owed but backing off: retry when the back-off ends
             delay = min(delay or MAX_BACKOFF, max(self.launcher.backing_off(), 0.01))
-        waiter = await self.waiters.wait(delay, watch, self._give_back)
+        waiter = await self.waiters.wait(delay, watch, self._give_back, since)
         if waiter.left:
             if waiter.worker is not None:
                 self._give_back(waiter.worker)

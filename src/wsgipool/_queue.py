@@ -6,7 +6,9 @@ requests, a flood) and workers go to the *newest* request instead, until it drai
 overload a FIFO makes every request wait as long as the whole backlog, while newest-first
 keeps the wait of most requests short and lets the oldest, whose clients have likely given
 up, run into ``queue_timeout``. (Adaptive LIFO, as large RPC systems use it to stay
-responsive under load.)
+responsive under load.) A request that has waited :data:`STARVING` seconds is served
+before newer ones all the same, so a long, moderate backlog cannot starve it, even with
+no ``queue_timeout``.
 
 A waiting request does not get a task of its own: it waits in its own task, running its
 *watch* (for the front: "until the client disconnects") under
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
 
 #: Seconds the oldest request may wait before the queue serves the newest first.
 CONGESTED = 0.5
+#: Seconds after which the oldest request is served first again, backed up or not.
+STARVING = 10.0
 
 #: What a queued request runs while it waits; when it returns, the request leaves the queue.
 Watch = Callable[[], Awaitable[None]]
@@ -41,9 +45,9 @@ class Waiter:
 
     __slots__ = ("_wake", "error", "left", "since", "woken", "worker")
 
-    def __init__(self) -> None:
+    def __init__(self, since: float | None = None) -> None:
         self._wake: Wake | None = None
-        self.since = time.monotonic()
+        self.since = time.monotonic() if since is None else since
         self.worker: WorkerProcess | None = None  # handed over (None: woken to retry)
         self.error: Exception | None = None  # start-up failed and no worker is left
         self.woken = False
@@ -72,12 +76,14 @@ class WaitQueue:
         delay: float | None,
         watch: Watch | None,
         give_back: Callable[[WorkerProcess], None],
+        since: float | None = None,
     ) -> Waiter:
         """Queue and wait; the returned waiter says how the wait ended.
 
-        ``give_back`` takes a worker handed over just as the waiting task was cancelled.
+        ``give_back`` takes a worker handed over just as the waiting task was cancelled;
+        ``since`` is when the request first queued, if it is queueing again.
         """
-        waiter = Waiter()
+        waiter = Waiter(since)
         self._waiters.append(waiter)
         try:
             waiter.left = await wait_until_woken(watch or anyio.sleep_forever, delay,
@@ -112,7 +118,9 @@ class WaitQueue:
             self._next().wake()
 
     def _next(self) -> Waiter:
-        return self._waiters.pop() if self.backed_up() else self._waiters.popleft()
+        waiters = self._waiters
+        waited = time.monotonic() - waiters[0].since
+        return waiters.pop() if CONGESTED < waited < STARVING else waiters.popleft()
 
     def wake_all(self, error: Exception | None = None) -> None:
         """Wake every waiting request, with ``error`` to raise if given."""

@@ -231,7 +231,12 @@ class Relay:
                     self._wake = anyio.Event()
                     await self._wake.wait()
                     continue
-                message = self._next()
+                try:
+                    message = self._next()
+                except SpoolError as exc:  # the rest cannot be read back: cut the client off
+                    log.error("response to %s cut off: %s", self.x.request_line, exc)
+                    self.x.disconnected = True
+                    return
                 scope.deadline = anyio.current_time() + max(pace.begin(), 0)
                 await self.x.deliver(message)
                 pace.end(len(message.get("body", b"")))

@@ -153,11 +153,11 @@ class Spool:
             self._budget.give(len(chunk))
         elif self._disk:
             fd, offset, size = self._disk.popleft()
+            self._budget.on_disk -= size  # gone from the count even if it cannot be read
             if fd == OWN:
                 self._flush()
                 fd = self._fd
             chunk = self._read(fd, offset, size)
-            self._budget.on_disk -= size
             if not self._disk:  # the own file starts over: what it holds was read
                 self._write_at = 0
         else:

@@ -112,6 +112,8 @@ class Channel:
             if type(frame) is Abort:
                 self.aborted = True
                 raise ClientDisconnected("client disconnected while the body was read")
+            if type(frame) is Spill:  # the app reads its body after its response began
+                self._open_spill(frame)
 
     def _read_body_file(self) -> bytes:
         """The next block of the body file the front named; b"" (and closed) at its end."""
@@ -175,6 +177,7 @@ class Channel:
         with self.lock:
             for start in range(0, done, MAX_CHUNK):
                 self.queue(spilled_frame(min(MAX_CHUNK, done - start)))
+            self.out_size += done  # flushed as often as if it had gone into the pipe
         return True
 
     def close_spill(self) -> None:
