@@ -14,6 +14,7 @@ from ._types import Environ, Scope
 
 _SPECIAL = {"content-length": "CONTENT_LENGTH", "content-type": "CONTENT_TYPE"}
 _DEFAULT_PORT = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
+_PROTOCOLS = {version: f"HTTP/{version}" for version in ("1.0", "1.1", "2", "3")}
 
 
 class TooManyHeadersError(ValueError):
@@ -117,11 +118,16 @@ def cgi_environ(scope: Scope, duplicate_header_limit: int | None = 100) -> dict[
         del headers["CONTENT_LENGTH"]  # an empty value means "absent", not "zero"
     scheme = scope.get("scheme", "http")
     path, raw_uri = request_path(scope)
-    script_name, path_info = split_root_path(path, _native(scope.get("root_path", "")))
+    root_path = scope.get("root_path", "")
+    if root_path:
+        script_name, path_info = split_root_path(path, _native(root_path))
+    else:
+        script_name, path_info = "", path  # mounted at the root: the usual case
     server_name, server_port = _server(scope, headers, scheme)
     query = scope.get("query_string", b"").decode("latin-1")
     if query:
         raw_uri += "?" + query
+    version = scope.get("http_version", "1.1")
     environ = {
         "REQUEST_METHOD": scope["method"],
         "SCRIPT_NAME": script_name,
@@ -129,7 +135,7 @@ def cgi_environ(scope: Scope, duplicate_header_limit: int | None = 100) -> dict[
         "QUERY_STRING": query,
         "RAW_URI": raw_uri,
         "REQUEST_URI": raw_uri,
-        "SERVER_PROTOCOL": "HTTP/{}".format(scope.get("http_version", "1.1")),
+        "SERVER_PROTOCOL": _PROTOCOLS.get(version) or f"HTTP/{version}",
         "SERVER_NAME": server_name,
         "SERVER_PORT": server_port,
         "wsgi.url_scheme": scheme,

@@ -45,6 +45,9 @@ INLINE_BODY = 32 * 1024
 class Exchange:
     """Relays one request; created per request by the front."""
 
+    __slots__ = ("budget", "client", "config", "disconnected", "failure", "pace", "pool",
+                 "receive", "refusals", "scope", "send", "started", "too_large")  # fmt: skip
+
     def __init__(
         self,
         pool: Pool,
@@ -53,21 +56,25 @@ class Exchange:
         scope: Scope,
         receive: Receive,
         send: Send,
-        request_line: str,
     ) -> None:
         self.pool = pool
         self.config = pool.config
         self.budget = budget
         self.refusals = refusals  # counted and logged at a rate that cannot flood
+        self.scope = scope
         self.client = scope.get("client")
         self.receive = receive
         self.send = send
-        self.request_line = request_line
         self.started = False  # http.response.start has gone to the server
         self.disconnected = False  # the client left (or the server refused what we sent)
         self.too_large = False
         self.failure: BaseException | None = None  # raised from __call__ once done
         self.pace: Pace | None = None  # the client's pace sending a buffered body
+
+    @property
+    def request_line(self) -> str:
+        """``"GET /path"``, for the log."""
+        return f"{self.scope.get('method')} {self.scope.get('path')}"
 
     # -- sending --------------------------------------------------------------------
 
@@ -96,24 +103,21 @@ class Exchange:
 
     # -- the request ----------------------------------------------------------------
 
-    async def refuse_early(self, cgi: dict[str, str]) -> bool:
-        """413 for a declared body over ``max_body_size``, before any of it is read (the
-        server sends ``100 Continue`` only once the body is asked for)."""
+    async def first_message(self, cgi: dict[str, str]) -> Message | None:
+        """The request's first message; None once answered: 413 for a declared body over
+        ``max_body_size``, before any of it is read (the server sends ``100 Continue``
+        only once the body is asked for), or 408 (the client declared a body and sent none
+        of it in time, with buffering on)."""
+        if "CONTENT_LENGTH" not in cgi and "HTTP_TRANSFER_ENCODING" not in cgi:
+            return await self.receive()  # no body to wait for
         limit = self.config.max_body_size
         declared = cgi.get("CONTENT_LENGTH", "")
         if limit is not None and declared.isdigit() and int(declared) > limit:
             await self._refuse(BodyRefused(413, "body too large",
                                            f"Content-Length {declared} over {limit}"))  # fmt: skip
-            return True
-        return False
-
-    async def first_message(self, cgi: dict[str, str]) -> Message | None:
-        """The request's first message; None once answered (408: the client declared a
-        body and sent none of it in time, with buffering on)."""
-        if not self.config.buffer_requests or not (
-            "CONTENT_LENGTH" in cgi or "HTTP_TRANSFER_ENCODING" in cgi
-        ):
-            return await self.receive()  # no body to wait for (or the app's to wait on)
+            return None
+        if not self.config.buffer_requests:
+            return await self.receive()  # the app's to wait on
         self.pace = Pace(self.config)
         try:
             return await first_message(self.receive, self.pace)
@@ -129,34 +133,21 @@ class Exchange:
         body: bytes = first.get("body", b"")
         more: bool = first.get("more_body", False)
         spool: Spool | None = None
-        if more and self.config.buffer_requests:
-            pace = self.pace or Pace(self.config)
-            try:
-                spool = await take_body(self.receive, first, self.config, self.budget, pace)
-            except BodyRefused as exc:
-                await self._refuse(exc)
-                return
-            if spool is None:
-                return  # the client left
-            cgi["CONTENT_LENGTH"] = str(spool.size)  # exact, even for a chunked upload
-            body, more = b"", False
-            if spool.size <= INLINE_BODY:
-                body = b"".join(iter(spool.get, None))
-                spool.close()  # it may have had to use a file (the memory budget was full)
-                spool = None
-        elif self.config.max_body_size is not None and len(body) > self.config.max_body_size:
+        config = self.config
+        if more and config.buffer_requests:
+            taken = await self._buffer(cgi, first)
+            if taken is None:
+                return  # answered, or the client left
+            body, spool = taken
+            more = False
+        elif config.max_body_size is not None and len(body) > config.max_body_size:
             await self.respond(413, "Payload Too Large", CLOSE)
             return
-        elif self.config.buffer_requests and "HTTP_TRANSFER_ENCODING" in cgi:
+        elif config.buffer_requests and "HTTP_TRANSFER_ENCODING" in cgi:
             cgi["CONTENT_LENGTH"] = str(len(body))  # a chunked body complete at once
-        await self._run(cgi, body, more, spool)
-        if self.failure is not None:
-            raise self.failure
-
-    async def _run(self, cgi: dict[str, str], body: bytes, more: bool, spool: Spool | None) -> None:
         payload: list[bytes | memoryview] = [proto.request_frame(cgi)]
         if len(body) > INLINE_BODY:
-            spool = Spool(self.budget, self.config.buffer_dir)
+            spool = Spool(self.budget, config.buffer_dir)
             spool.put(body)  # written by the feeding task, while the response is read
         elif body:
             payload += proto.body_frames(body)
@@ -169,6 +160,28 @@ class Exchange:
         finally:
             if spool is not None:
                 spool.close()  # its file and its share of the memory budget
+        if self.failure is not None:
+            raise self.failure
+
+    async def _buffer(
+        self, cgi: dict[str, str], first: Message
+    ) -> tuple[bytes, Spool | None] | None:
+        """Read the rest of the body: ``(body, None)`` if small, else ``(b"", spool)``;
+        None once answered (or the client left)."""
+        pace = self.pace or Pace(self.config)
+        try:
+            spool = await take_body(self.receive, first, self.config, self.budget, pace)
+        except BodyRefused as exc:
+            await self._refuse(exc)
+            return None
+        if spool is None:
+            return None  # the client left
+        cgi["CONTENT_LENGTH"] = str(spool.size)  # exact, even for a chunked upload
+        if spool.size > INLINE_BODY:
+            return b"", spool
+        body = b"".join(iter(spool.get, None))
+        spool.close()  # it may have had to use a file (the memory budget was full)
+        return body, None
 
     async def _dispatch(self, payload: list[bytes | memoryview], watch: bool) -> Lease | None:
         """Hand the request to a worker; one that was gone before it read a byte of it is

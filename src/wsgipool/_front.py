@@ -57,20 +57,18 @@ class WsgiToAsgi:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
+            limit, observer = self.duplicate_header_limit, self.observer
             timing = None
-            if self.observer is not None:
-                if await self.observer.answer(scope, send):
+            if observer is not None:
+                if await observer.answer(scope, send):
                     return
-                timing = self.observer.timed(send)
-            instance = WsgiToAsgiInstance(
-                self.wsgi_application, self.duplicate_header_limit, pool=self.pool,
-                budget=self.budget, refusals=self.refusals,
-            )  # fmt: skip
+                timing = observer.timed(send)
             if timing is None:
-                await instance(scope, receive, send)
+                await serve(self.pool, self.budget, self.refusals, limit, scope, receive, send)
                 return
             try:
-                await instance(scope, receive, timing.send)
+                await serve(self.pool, self.budget, self.refusals, limit, scope, receive,
+                            timing.send)  # fmt: skip
             except Exception:
                 timing.failed()
                 raise
@@ -128,6 +126,39 @@ class WsgiToAsgi:
         await self.aclose()
 
 
+async def serve(
+    pool: Pool,
+    budget: MemoryBudget,
+    refusals: Refusals,
+    duplicate_header_limit: int | None,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+) -> None:
+    """Serve one ``http`` request: refused up front, or relayed through a worker."""
+    refused = refusal(scope, pool.config.limits)
+    if refused is not None:  # hostile or oversized: no worker, no body read
+        refusals.refused(refused, scope.get("client"))
+        await refused.send(send)
+        return
+    try:
+        cgi = cgi_environ(scope, duplicate_header_limit)
+    except TooManyHeadersError:
+        await _too_many_headers(send)
+        return
+    exchange = Exchange(pool, budget, refusals, scope, receive, send)
+    first = await exchange.first_message(cgi)
+    if first is not None and first["type"] == "http.request":  # else: nobody to answer
+        await exchange.run(cgi, first)
+
+
+async def _too_many_headers(send: Send) -> None:
+    """asgiref's answer to a header repeated more than ``duplicate_header_limit`` times."""
+    headers = [(b"content-type", b"text/plain")]
+    await send({"type": "http.response.start", "status": 400, "headers": headers})
+    await send({"type": "http.response.body", "body": b"Bad Request: Too many duplicate headers"})
+
+
 class WsgiToAsgiInstance:
     """Per-request instance, as in asgiref; ``build_environ`` also works on its own."""
 
@@ -154,36 +185,9 @@ class WsgiToAsgiInstance:
             raise ValueError("WSGI wrapper received a non-HTTP scope")
         if self.pool is None:
             raise RuntimeError("WsgiToAsgiInstance needs a pool: serve WsgiToAsgi(app) instead")
-        refused = refusal(scope, self.pool.config.limits)
-        if refused is not None:  # hostile or oversized: no worker, no body read
-            self.refusals.refused(refused, scope.get("client"))
-            await refused.send(send)
-            return
         self.scope = scope
-        request_line = f"{scope.get('method')} {scope.get('path')}"
-        exchange = Exchange(
-            self.pool, self.budget, self.refusals, scope, receive, send, request_line
-        )
-        try:
-            cgi = cgi_environ(scope, self.duplicate_header_limit)
-        except TooManyHeadersError:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 400,
-                    "headers": [(b"content-type", b"text/plain")],
-                }
-            )
-            await send(
-                {"type": "http.response.body", "body": b"Bad Request: Too many duplicate headers"}
-            )
-            return
-        if await exchange.refuse_early(cgi):
-            return
-        first = await exchange.first_message(cgi)
-        if first is None or first["type"] != "http.request":
-            return  # http.disconnect before the body: nobody to answer
-        await exchange.run(cgi, first)
+        await serve(self.pool, self.budget, self.refusals, self.duplicate_header_limit, scope,
+                    receive, send)  # fmt: skip
 
     def build_environ(self, scope: Scope, body: Any) -> Environ:
         """The full WSGI environ for ``scope`` with ``body`` as ``wsgi.input``."""

@@ -14,7 +14,8 @@ longer than the time left, so no timer task or watchdog tracks the request.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
@@ -55,12 +56,12 @@ class Lease:
 
     # -- the worker's channel --------------------------------------------------------
 
-    async def send(self, *pieces: bytes | bytearray | memoryview) -> None:
-        """Whole frames to the worker (see ``WorkerProcess.write``); refused once the lease
-        ended, since the worker may be serving another request by then."""
+    def send(self, *pieces: bytes | bytearray | memoryview) -> Coroutine[Any, Any, None]:
+        """Whole frames to the worker (see ``WorkerProcess.write``), once awaited; refused
+        once the lease ended, since the worker may be serving another request by then."""
         if self.ended:
             raise LeaseEndedError(f"{self!r} ended")
-        await self.worker.write(*pieces)
+        return self.worker.write(*pieces)  # no coroutine of our own around it
 
     def try_send(self, frame: bytes) -> bool:
         """A small frame to the worker now if its pipe has room, else nothing (False)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import sys
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -209,31 +210,53 @@ async def wait_until_woken(
     """Run ``body`` until it returns (True), or until ``delay`` seconds pass or the
     :data:`Wake` handed to ``woken`` is called (False).
 
-    On asyncio (3.11+) this is an ``asyncio.timeout`` rescheduled to "now" by the wake, a
-    loop callback away; elsewhere an anyio cancel scope cancelled from a loop callback.
-    Both cost far less than a task per waiting request.
+    On asyncio the wake cancels the waiting task itself, and the wait takes back that
+    one cancellation (``Task.uncancel``, as ``asyncio.timeout`` does, so a cancellation
+    from outside still propagates); elsewhere an anyio cancel scope cancelled from a loop
+    callback. Both cost far less than a task per waiting request.
     """
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        loop = None
-    if loop is None or not hasattr(asyncio, "timeout"):
         return await _wait_portable(body, delay, woken)
-    timeout = asyncio.timeout(delay)
+    task = asyncio.current_task(loop)
+    if task is None or sys.version_info < (3, 11):  # no Task.uncancel before 3.11
+        return await _wait_portable(body, delay, woken)
+    cancelling = task.cancelling()
+    state = _WAITING
+
+    def expire() -> None:
+        nonlocal state
+        if state is _WAITING or state is _WAKING:
+            state = _WOKEN
+            task.cancel()
 
     def wake() -> None:
-        with contextlib.suppress(RuntimeError):  # the wait is over already
-            timeout.reschedule(loop.time())
+        nonlocal state
+        if state is _WAITING:
+            state = _WAKING
+            loop.call_soon(expire)  # a cancellation asked for meanwhile comes first
 
+    timer = None if delay is None or math.isinf(delay) else loop.call_later(delay, expire)
     try:
-        async with timeout:
-            woken(wake)
-            await body()
-            return True
-    except TimeoutError:
-        if not timeout.expired():
-            raise  # body's own
-    return False
+        woken(wake)
+        await body()
+        if state is _WOKEN:
+            task.uncancel()  # woken just as the body returned: that cancellation is ours
+        return True
+    except asyncio.CancelledError:
+        if state is _WOKEN and task.uncancel() <= cancelling:
+            return False
+        raise
+    finally:
+        state = _OVER
+        if timer is not None:
+            timer.cancel()
+
+
+#: How a wait on asyncio stands: only a wake or the delay moves it on from waiting, and
+#: its cancellation reaches the task one loop callback later, as a timeout's would.
+_WAITING, _WAKING, _WOKEN, _OVER = object(), object(), object(), object()
 
 
 async def _wait_portable(

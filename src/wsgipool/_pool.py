@@ -63,6 +63,7 @@ class Pool:
         self.limit = config.max_workers or config.workers
         self.workers: dict[WorkerProcess, Slot] = {}  # every worker not yet reaped
         self._idle: list[WorkerProcess] = []  # IDLE workers, most recently used last
+        self._busy = 0  # workers in BUSY: ``size`` is asked on every queued dispatch
         self._exiting = 0  # workers in EXITING: reap() has work
         self.starting = 0  # start-ups under way (before READY)
         self.closing = False
@@ -94,11 +95,15 @@ class Pool:
                 idle.remove(worker)
         elif old is State.EXITING:
             self._exiting -= 1
+        elif old is State.BUSY:
+            self._busy -= 1
         slot.state, slot.since = state, now
         if reason:
             slot.reason = reason
         if state is State.IDLE:
             self._idle.append(worker)
+        elif state is State.BUSY:
+            self._busy += 1
         elif state is State.RETIRING:
             self.waiters.wake_one()  # its replacement may start now
         elif state is State.EXITING:
@@ -128,7 +133,7 @@ class Pool:
     @property
     def size(self) -> int:
         """Workers that count against ``workers``: alive, not retiring, or on their way up."""
-        return len(self._idle) + self._count(State.BUSY) + self.starting
+        return len(self._idle) + self._busy + self.starting
 
     @property
     def up(self) -> int:
@@ -252,7 +257,7 @@ class Pool:
                 worker = self._idle[-1]
                 if not worker.reader.broken:
                     self._checkout(worker)
-                    return self._lease(worker)
+                    return Lease(self, worker, self.config.timeout)
                 self.lost(worker, "died while idle")
             if self.size < self.limit and self.launcher.backing_off() <= 0:
                 try:
