@@ -21,6 +21,19 @@ def _q(environ: Environ, name: str, default: str = "") -> str:
     return parse_qs(environ.get("QUERY_STRING", "")).get(name, [default])[0]
 
 
+def open_files_in(directory: str) -> list[str]:
+    """This process's descriptors of files in ``directory`` (unlinked ones included)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(f"{directory.rstrip('/')}/"):
+            found.append(target)
+    return found
+
+
 def hello(environ: Environ, start_response: Any) -> Iterable[bytes]:
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "13")])
     return [b"Hello, world!"]

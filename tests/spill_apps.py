@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
-from apps import pattern
+from apps import open_files_in, pattern
 
 
 def _opts(environ: dict[str, Any]) -> dict[str, str]:
@@ -95,14 +95,6 @@ def spilling(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
 
 def fds_in(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     """The worker's descriptors of files in ``?dir=``, one a line."""
-    where = _opts(environ)["dir"]
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(where):
-            found.append(target)
+    found = open_files_in(_opts(environ)["dir"])
     start_response("200 OK", [("Content-Type", "text/plain")])
     return ["\n".join(found).encode()]

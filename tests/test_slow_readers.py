@@ -9,7 +9,6 @@ buffer for the readers that read nothing.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 from contextlib import ExitStack
@@ -19,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from apps import pattern
+from apps import open_files_in, pattern
 from support import MiB, PeakRSS, Reader, connect, hypercorn_thread, open_fds, wait_for
 from wsgipool import WsgiToAsgi
 
@@ -34,15 +33,7 @@ RULES = {
 
 def spool_files(directory: Path) -> list[str]:
     """This process's descriptors of files in ``directory`` (unlinked ones included)."""
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(f"{directory}/"):
-            found.append(target)
-    return found
+    return open_files_in(str(directory))
 
 
 def request(sock: socket.socket, target: str, method: str = "GET", body: bytes = b"") -> None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -290,66 +292,47 @@ def spills_counted(monkeypatch: Any) -> list[int]:
     return asked
 
 
-def test_the_fronts_own_spool_file_hits_a_full_disk(
-    serve: Any, tmp_path: Path, caplog: Any
-) -> None:
-    # The front's files may not grow past 32 KiB (RLIMIT_FSIZE of this process, set once
-    # the worker runs: the worker's spill is not limited). The own file's first chunks wait
-    # in memory and are written when the client reaches them: that write fails. The
-    # response should be cut off as any spool failure is (logged, the worker kept), and
-    # the budget should be back to 0.
-    import resource
+@contextlib.contextmanager
+def front_files_limited(size: int) -> Iterator[None]:
+    """This process's files (the front's spools) may not grow past ``size`` bytes: a
+    full disk for the front only (the workers are already running, with no limit)."""
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, old[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
 
+
+@pytest.mark.parametrize(
+    ("target", "when"),
+    [
+        # The app is done before the client reads: the own file's first chunks are
+        # written when the client reaches them, and that write fails.
+        ("/?mib=8&seed=11&pause=0.002", "worker done"),
+        # The client reads while the app still produces: the worker must be kept.
+        ("/?mib=16&seed=12&pause=0.004", "worker streaming"),
+    ],
+)
+def test_a_full_disk_on_the_front_cuts_the_client_and_keeps_the_worker(
+    serve: Any, tmp_path: Path, target: str, when: str
+) -> None:
+    # A SpoolError out of the drain cuts the client off (logged); the worker is kept and
+    # what could not be read is off the on-disk count.
     app = make_app(tmp_path)
     with serve(app, http="h11") as server:
         assert httpx.get(server.url + "/?mib=0.1", timeout=10).status_code == 200
-        old = resource.getrlimit(resource.RLIMIT_FSIZE)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (32 * 1024, old[1]))
-        try:
-            sock = send_get(server.port, "/?mib=8&seed=11&pause=0.002")
-            try:
+        with front_files_limited(32 * 1024), send_get(server.port, target) as sock:
+            if when == "worker done":
                 wait_for(
                     lambda: sum(w.requests for w in app.stats().idle) >= 2 or app.stats().restarts,
                     timeout=30,
                     what="the response taken",
                 )
-                with contextlib.suppress(OSError):
-                    read_all(sock)
-            finally:
-                sock.close()
-        finally:
-            resource.setrlimit(resource.RLIMIT_FSIZE, old)
-        wait_for(lambda: not spool_files(tmp_path), what="the spool files closed")
-        time.sleep(0.5)
-        held = (app.budget.used, app.budget.on_disk)
-    # A SpoolError out of the drain cuts the client off (logged); the worker is kept and
-    # the chunk that could not be read is off the on-disk count.
-    assert (held, app.stats().restarts) == ((0, 0), {})
-
-
-def test_a_full_disk_on_the_front_while_the_worker_streams_keeps_the_worker(
-    serve: Any, tmp_path: Path
-) -> None:
-    # As above, but the client reads while the app still produces: the SpoolError out of
-    # the drain cancels the relay, and the lease is discarded ("cancelled"): the worker is
-    # killed for the front's full disk.
-    import resource
-
-    app = make_app(tmp_path)
-    with serve(app, http="h11") as server:
-        assert httpx.get(server.url + "/?mib=0.1", timeout=10).status_code == 200
-        old = resource.getrlimit(resource.RLIMIT_FSIZE)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (32 * 1024, old[1]))
-        try:
-            sock = send_get(server.port, "/?mib=16&seed=12&pause=0.004")
-            try:
+            else:
                 wait_for(lambda: app.budget.on_disk > 0, timeout=10, what="on disk")
-                with contextlib.suppress(OSError):
-                    read_all(sock)
-            finally:
-                sock.close()
-        finally:
-            resource.setrlimit(resource.RLIMIT_FSIZE, old)
+            with contextlib.suppress(OSError):
+                read_all(sock)
         wait_for(lambda: not spool_files(tmp_path), what="the spool files closed")
         time.sleep(0.5)
         held = (app.budget.used, app.budget.on_disk)

@@ -4,12 +4,12 @@ what is held in memory and on disk stay exact."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
 import pytest
 
+from apps import open_files_in
 from wsgipool._spool import MEMORY_PER_SPOOL, MemoryBudget, Spool, SpoolError
 
 
@@ -18,12 +18,7 @@ def drain(spool: Spool) -> list[bytes]:
 
 
 def open_files(directory: Path) -> int:
-    """This process's descriptors of (unlinked) files in ``directory``."""
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            count += os.readlink(f"/proc/self/fd/{fd}").startswith(f"{directory}/")
-    return count
+    return len(open_files_in(str(directory)))
 
 
 def test_small_chunks_stay_in_memory(tmp_path: Path) -> None:
