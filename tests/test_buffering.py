@@ -111,6 +111,30 @@ def test_stalled_body_gets_408_after_client_timeout(serve: Any, host: str) -> No
         assert app.stats().restarts == {}
 
 
+@pytest.mark.parametrize("host", ["h11", "httptools", "hypercorn-trio"])
+def test_without_buffering_a_stalled_body_gets_408_and_frees_the_worker(
+    serve: Any, host: str
+) -> None:
+    # The body streams to the app as it comes, but the client must keep the same pace:
+    # the app is told to stop, the client gets 408, and the same worker serves on.
+    options = {"client_timeout": 1, "min_client_rate": 0, "buffer_requests": False}
+    app = WsgiToAsgi("apps:digest", workers=1, **options)
+    with hosted(serve, app, host) as port:
+        for sent in (b"", b"part of it"):  # nothing at all, or a start and then nothing
+            with connect(port) as sock:
+                sock.sendall(post_head(100) + sent)
+                reader = Reader(sock)
+                status, headers, body = reader.response()
+                assert (status, headers["connection"], body) == (408, "close", b"Request Timeout")
+                assert reader.closed()
+        pids = [w.pid for w in app.stats().workers]
+        response = httpx.post(f"http://127.0.0.1:{port}/", content=b"abc", timeout=10)
+        assert response.json()["size"] == 3
+        assert [w.pid for w in app.stats().workers] == pids
+        assert served(app) == 2  # the one that had begun, and the last
+        assert app.stats().restarts == {}
+
+
 def paced(data: bytes, rate: int, piece: int = 8192) -> Iterator[bytes]:
     """``data`` in pieces, at about ``rate`` bytes a second (a slow but steady client)."""
     began = time.monotonic()

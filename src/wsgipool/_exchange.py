@@ -17,7 +17,7 @@ import logging
 import math
 
 from . import _protocol as proto
-from ._client import BodyRefused, Pace, first_message, take_body
+from ._client import REASONS, BodyRefused, Pace, first_message, take_body
 from ._errors import (
     AppLoadError,
     OverloadedError,
@@ -35,7 +35,6 @@ from ._spool import MemoryBudget, Spool
 from ._types import Message, Receive, Scope, Send
 
 log = logging.getLogger("wsgipool.front")
-REASONS = {408: "Request Timeout", 413: "Payload Too Large", 503: "Service Unavailable"}
 #: A body up to this size travels with the request (it fits an empty pipe); a larger
 #: one is written by a task of its own while the response is read, so an app that
 #: answers before reading its body cannot deadlock against the front.
@@ -45,8 +44,21 @@ INLINE_BODY = 32 * 1024
 class Exchange:
     """Relays one request; created per request by the front."""
 
-    __slots__ = ("budget", "client", "config", "disconnected", "failure", "pace", "pool",
-                 "receive", "refusals", "scope", "send", "started", "too_large")  # fmt: skip
+    __slots__ = (
+        "budget",
+        "client",
+        "config",
+        "disconnected",
+        "failure",
+        "pace",
+        "pool",
+        "receive",
+        "refusals",
+        "refused",
+        "scope",
+        "send",
+        "started",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -67,7 +79,7 @@ class Exchange:
         self.send = send
         self.started = False  # http.response.start has gone to the server
         self.disconnected = False  # the client left (or the server refused what we sent)
-        self.too_large = False
+        self.refused = 0  # 413 or 408: the front refused the rest of a streamed body
         self.failure: BaseException | None = None  # raised from __call__ once done
         self.pace: Pace | None = None  # the client's pace sending a buffered body
 
@@ -107,7 +119,7 @@ class Exchange:
         """The request's first message; None once answered: 413 for a declared body over
         ``max_body_size``, before any of it is read (the server sends ``100 Continue``
         only once the body is asked for), or 408 (the client declared a body and sent none
-        of it in time, with buffering on)."""
+        of it in time)."""
         if "CONTENT_LENGTH" not in cgi and "HTTP_TRANSFER_ENCODING" not in cgi:
             return await self.receive()  # no body to wait for
         limit = self.config.max_body_size
@@ -116,9 +128,7 @@ class Exchange:
             await self._refuse(BodyRefused(413, "body too large",
                                            f"Content-Length {declared} over {limit}"))  # fmt: skip
             return None
-        if not self.config.buffer_requests:
-            return await self.receive()  # the app's to wait on
-        self.pace = Pace(self.config)
+        self.pace = Pace(self.config)  # buffered or not, the body must keep moving
         try:
             return await first_message(self.receive, self.pace)
         except BodyRefused as exc:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from . import _protocol as proto
-from ._client import Pace
+from ._client import REASONS, Pace
 from ._errors import AppError, ProtocolError, WorkerError, WorkerGoneError, WorkerTimeoutError
 from ._lease import Lease
 from ._spool import Spool, SpoolError
@@ -36,6 +36,7 @@ app_log = logging.getLogger("wsgipool.app")
 #: relayed by the streamed path, which also notices a client that leaves meanwhile.
 PATIENCE = 0.05
 END_MESSAGE: dict[str, Any] = {"type": "http.response.body"}
+DISCONNECT = "http.disconnect"
 CLOSE = (b"connection", b"close")
 #: Largest message made of queued chunks joined together: a slow client holds at most
 #: this much in the server's own write buffer.
@@ -138,7 +139,7 @@ class Relay:
             self.committed = True
 
     def _chunk(self, data: bytes) -> None:
-        if self.x.disconnected or self.x.too_large:
+        if self.x.disconnected or self.x.refused:
             return
         self._commit()
         if self.spool is None:
@@ -155,15 +156,15 @@ class Relay:
     def _adopt(self, size: int) -> None:
         if not self._spill or self.spool is None:
             raise ProtocolError("SPILLED frame from a worker that was not asked to spill")
-        if self.x.disconnected or self.x.too_large:
+        if self.x.disconnected or self.x.refused:
             return
         self._commit()
         self.spool.adopt(size)
         self.items.append(CHUNK)
 
     def _end(self) -> None:
-        if self.x.too_large:
-            self._own(413, "Payload Too Large")
+        if self.x.refused:
+            self._own(self.x.refused, REASONS[self.x.refused])
             return
         self._commit()
         if not self.committed:
@@ -173,13 +174,13 @@ class Relay:
     def _own(self, status: int, text: str) -> None:
         """Queue a response of our own, unless the app's has begun."""
         if not self.committed:
-            extra = (CLOSE,) if status == 413 else ()
+            extra = (CLOSE,) if status in (408, 413) else ()
             self.items.extend(plain_response(status, text, *extra))
             self.committed = True
 
     def _app_failed(self, message: str) -> None:
-        if self.x.too_large:
-            self._own(413, "Payload Too Large")
+        if self.x.refused:
+            self._own(self.x.refused, REASONS[self.x.refused])
         elif self.x.config.app_errors == "raise":
             self.x.failure = app_error(message)  # the server answers 500, as with asgiref
         else:
@@ -329,7 +330,7 @@ class Relay:
 
     async def _feed(self, lock: anyio.Lock, more: bool, size: int, body: Spool | None) -> None:
         """Send the rest of the body, then wait for the client to go away."""
-        x, limit = self.x, self.x.config.max_body_size
+        x = self.x
         try:
             if body is not None:
                 await self._send_body(lock, body)
@@ -337,29 +338,16 @@ class Relay:
                     async with lock:
                         await self.lease.send(proto.EOF_FRAME)
             self._fed = not more
-            while more:
-                message = await x.receive()
-                if message["type"] == "http.disconnect":
-                    break
-                chunk = message.get("body", b"")
-                more = message.get("more_body", False)
-                size += len(chunk)
-                if limit is not None and size > limit:
-                    x.too_large = True
-                    break
-                pieces = proto.body_frames(chunk) if chunk else []
-                if not more:
-                    pieces.append(proto.EOF_FRAME)
-                async with lock:
-                    await self.lease.send(*pieces)
-                self._fed = not more
-            else:
+            message: Message | None = None
+            if more:
+                message = await self._stream_body(lock, size)
+            if (message is None and not x.refused) or (message and message["type"] != DISCONNECT):
                 message = await x.receive()  # returns only once the client has gone
-            if message["type"] == "http.disconnect":
+                if message["type"] != DISCONNECT:
+                    return  # a receive that does not wait for the disconnect: nothing to watch
+            if message is not None:
                 x.disconnected = True
                 self._queued()
-            elif not x.too_large:
-                return  # a receive that does not wait for the disconnect: nothing to watch
             await self._client_left(lock)
         except WorkerError:
             pass  # the pump sees the same failure on its side
@@ -368,6 +356,43 @@ class Relay:
             x.disconnected = True
             self._queued()
             await self._client_left(lock)
+
+    async def _stream_body(self, lock: anyio.Lock, size: int) -> Message | None:
+        """The rest of a body that is not buffered, to the worker as it comes, at a pace
+        the client must keep as for a buffered one: the message that ended it, or None if
+        the front refused the rest (413 past ``max_body_size``, 408 for a client slower
+        than :class:`Pace` allows; the app is then told to stop)."""
+        x, limit = self.x, self.x.config.max_body_size
+        pace = x.pace or Pace(x.config)  # counted from the body's first message
+        with anyio.CancelScope() as scope:  # its deadline moved per message
+            while True:
+                scope.deadline = anyio.current_time() + max(pace.begin(), 0)
+                message = await x.receive()
+                chunk = message.get("body", b"")
+                pace.end(len(chunk))
+                if message["type"] == DISCONNECT:
+                    return message
+                more = message.get("more_body", False)
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    self._refuse(413, "body too large", f"over max_body_size ({limit} bytes)")
+                    return None
+                pieces = proto.body_frames(chunk) if chunk else []
+                if not more:
+                    pieces.append(proto.EOF_FRAME)
+                scope.deadline = math.inf  # the worker's pace now, not the client's
+                async with lock:
+                    await self.lease.send(*pieces)
+                self._fed = not more
+                if not more:
+                    return message
+        self._refuse(408, "body too slow", pace.why())
+        return None
+
+    def _refuse(self, status: int, reason: str, detail: str) -> None:
+        x = self.x
+        x.refused = status
+        x.refusals.count(status, reason, f"{x.request_line}: {detail}", x.client)
 
     async def _send_body(self, lock: anyio.Lock, body: Spool) -> None:
         """A buffered body: what is in memory over the pipe; what is on disk, by naming
