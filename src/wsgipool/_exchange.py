@@ -136,8 +136,12 @@ class Exchange:
             return None
 
     async def _refuse(self, exc: BodyRefused) -> None:
-        self.refusals.count(exc.status, exc.reason, f"{self.request_line}: {exc}", self.client)
+        self.count_refusal(exc)
         await self.respond(exc.status, REASONS[exc.status], CLOSE)
+
+    def count_refusal(self, exc: BodyRefused) -> None:
+        """Count (and, at a rate that cannot flood, log) a body the front refused."""
+        self.refusals.count(exc.status, exc.reason, f"{self.request_line}: {exc}", self.client)
 
     async def run(self, cgi: dict[str, str], first: Message) -> None:
         body: bytes = first.get("body", b"")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from . import _protocol as proto
-from ._client import REASONS, Pace
+from ._client import REASONS, BodyRefused, Pace
 from ._errors import AppError, ProtocolError, WorkerError, WorkerGoneError, WorkerTimeoutError
 from ._lease import Lease
 from ._spool import Spool, SpoolError
@@ -60,6 +60,11 @@ def plain_response(status: int, text: str, *extra: tuple[bytes, bytes]) -> tuple
         {"type": "http.response.start", "status": status, "headers": headers},
         {"type": "http.response.body", "body": body},
     )
+
+
+def shared_path(fd: int) -> str:
+    """The path by which a worker opens the front's descriptor ``fd`` itself."""
+    return f"/proc/{os.getpid()}/fd/{fd}"
 
 
 def app_error(message: str) -> AppError:
@@ -148,10 +153,13 @@ class Relay:
         try:
             self.spool.put(data)
         except SpoolError as exc:  # the response cannot be held: give up on the client
-            log.error("response to %s cut off: %s", self.x.request_line, exc)
-            self.x.disconnected = True
+            self._cut_off(exc)
             return
         self.items.append(CHUNK)
+
+    def _cut_off(self, exc: SpoolError) -> None:
+        log.error("response to %s cut off: %s", self.x.request_line, exc)
+        self.x.disconnected = True
 
     def _adopt(self, size: int) -> None:
         if not self._spill or self.spool is None:
@@ -235,8 +243,7 @@ class Relay:
                 try:
                     message = self._next()
                 except SpoolError as exc:  # the rest cannot be read back: cut the client off
-                    log.error("response to %s cut off: %s", self.x.request_line, exc)
-                    self.x.disconnected = True
+                    self._cut_off(exc)
                     return
                 scope.deadline = anyio.current_time() + max(pace.begin(), 0)
                 await self.x.deliver(message)
@@ -308,23 +315,23 @@ class Relay:
         write the rest into a file of the spool's itself (one copy, in the worker, instead
         of two in the front). Only a worker that runs as the front's user can open the
         file; only once nothing else writes to its pipe; never waiting for room in it."""
-        x = self.x
         assert self.spool is not None
         assert self._lock is not None
-        if (
-            x.pool.launcher.identity is not None
-            or not self._fed
-            or self._lock.locked()
-            or cap <= self.spool.size
-        ):
+        if not self._shares_files() or not self._fed or self._lock.locked():
+            return
+        if cap <= self.spool.size:  # no room left to offer
             return
         try:
             fd = self.spool.spill_file()
         except SpoolError:
             self._spill = True  # no file to offer: the front goes on writing its own
             return
-        frame = proto.spill_frame(f"/proc/{os.getpid()}/fd/{fd}", cap - self.spool.size)
+        frame = proto.spill_frame(shared_path(fd), cap - self.spool.size)
         self._spill = self.lease.try_send(frame)
+
+    def _shares_files(self) -> bool:
+        """May the worker open the front's descriptors? (It runs as the front's user.)"""
+        return self.x.pool.launcher.identity is None
 
     # -- client -> worker -----------------------------------------------------------
 
@@ -338,14 +345,11 @@ class Relay:
                     async with lock:
                         await self.lease.send(proto.EOF_FRAME)
             self._fed = not more
-            message: Message | None = None
-            if more:
-                message = await self._stream_body(lock, size)
-            if (message is None and not x.refused) or (message and message["type"] != DISCONNECT):
-                message = await x.receive()  # returns only once the client has gone
-                if message["type"] != DISCONNECT:
+            gone = await self._stream_body(lock, size) if more else False
+            if not x.refused:
+                # receive() returns only once the client has gone, on most servers
+                if not gone and (await x.receive())["type"] != DISCONNECT:
                     return  # a receive that does not wait for the disconnect: nothing to watch
-            if message is not None:
                 x.disconnected = True
                 self._queued()
             await self._client_left(lock)
@@ -357,11 +361,11 @@ class Relay:
             self._queued()
             await self._client_left(lock)
 
-    async def _stream_body(self, lock: anyio.Lock, size: int) -> Message | None:
+    async def _stream_body(self, lock: anyio.Lock, size: int) -> bool:
         """The rest of a body that is not buffered, to the worker as it comes, at a pace
-        the client must keep as for a buffered one: the message that ended it, or None if
-        the front refused the rest (413 past ``max_body_size``, 408 for a client slower
-        than :class:`Pace` allows; the app is then told to stop)."""
+        the client must keep as for a buffered one; True if the client left meanwhile.
+        The front may refuse the rest (``x.refused``: 413 past ``max_body_size``, 408 for
+        a client slower than :class:`Pace` allows); the app is then told to stop."""
         x, limit = self.x, self.x.config.max_body_size
         pace = x.pace or Pace(x.config)  # counted from the body's first message
         with anyio.CancelScope() as scope:  # its deadline moved per message
@@ -371,12 +375,12 @@ class Relay:
                 chunk = message.get("body", b"")
                 pace.end(len(chunk))
                 if message["type"] == DISCONNECT:
-                    return message
+                    return True
                 more = message.get("more_body", False)
                 size += len(chunk)
                 if limit is not None and size > limit:
                     self._refuse(413, "body too large", f"over max_body_size ({limit} bytes)")
-                    return None
+                    return False
                 pieces = proto.body_frames(chunk) if chunk else []
                 if not more:
                     pieces.append(proto.EOF_FRAME)
@@ -385,25 +389,24 @@ class Relay:
                     await self.lease.send(*pieces)
                 self._fed = not more
                 if not more:
-                    return message
+                    return False
         self._refuse(408, "body too slow", pace.why())
-        return None
+        return False
 
     def _refuse(self, status: int, reason: str, detail: str) -> None:
-        x = self.x
-        x.refused = status
-        x.refusals.count(status, reason, f"{x.request_line}: {detail}", x.client)
+        self.x.refused = status
+        self.x.count_refusal(BodyRefused(status, reason, detail))
 
     async def _send_body(self, lock: anyio.Lock, body: Spool) -> None:
         """A buffered body: what is in memory over the pipe; what is on disk, by naming
         the spool file, which the worker reads itself (no copy through the front) when it
         runs as the front's user and may open the front's descriptors."""
-        if self.x.pool.launcher.identity is None:
+        if self._shares_files():
             chunks, region = body.hand_over()
             pieces = [piece for chunk in chunks for piece in proto.body_frames(chunk)]
             if region is not None:
                 fd, offset, size = region
-                pieces.append(proto.file_frame(f"/proc/{os.getpid()}/fd/{fd}", offset, size))
+                pieces.append(proto.file_frame(shared_path(fd), offset, size))
             async with lock:
                 await self.lease.send(*pieces)
             return
