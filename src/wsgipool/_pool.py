@@ -257,7 +257,7 @@ class Pool:
                 worker = self._idle[-1]
                 if not worker.reader.broken:
                     self._checkout(worker)
-                    return Lease(self, worker, self.config.timeout)
+                    return self._lease(worker)
                 self.lost(worker, "died while idle")
             if self.size < self.limit and self.launcher.backing_off() <= 0:
                 try:

@@ -98,9 +98,10 @@ class WaitQueue:
         return waiter
 
     def backed_up(self) -> bool:
-        """Has the oldest request waited longer than :data:`CONGESTED`?"""
+        """Does the newest request go first now? The oldest has waited longer than
+        :data:`CONGESTED`, but not yet :data:`STARVING`."""
         waiters = self._waiters
-        return bool(waiters) and time.monotonic() - waiters[0].since > CONGESTED
+        return bool(waiters) and CONGESTED < time.monotonic() - waiters[0].since < STARVING
 
     def hand(self, worker: WorkerProcess, checkout: Callable[[WorkerProcess], None]) -> bool:
         """Give ``worker`` to the next request (see the module's docstring), if any."""
@@ -118,9 +119,7 @@ class WaitQueue:
             self._next().wake()
 
     def _next(self) -> Waiter:
-        waiters = self._waiters
-        waited = time.monotonic() - waiters[0].since
-        return waiters.pop() if CONGESTED < waited < STARVING else waiters.popleft()
+        return self._waiters.pop() if self.backed_up() else self._waiters.popleft()
 
     def wake_all(self, error: Exception | None = None) -> None:
         """Wake every waiting request, with ``error`` to raise if given."""
