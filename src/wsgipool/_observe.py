@@ -150,8 +150,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(PoolCollector(pool))
-        self.registry.register(RefusalCollector(refusals))
-        self.registry.register(BufferCollector(budget))
+        self.registry.register(FrontCollector(refusals, budget))
 
     def timed(self, send: Send) -> Timing:
         return Timing(self, send)
@@ -235,17 +234,19 @@ class PoolCollector:
         yield rss
 
 
-class RefusalCollector:
-    """Reads the refusal counts at scrape time."""
+class FrontCollector:
+    """Reads what the front itself counts at scrape time: the requests it refused, the
+    connections it closed, and the bytes of bodies it holds for slow clients."""
 
-    def __init__(self, refusals: Refusals) -> None:
+    def __init__(self, refusals: Refusals, budget: MemoryBudget) -> None:
         self.refusals = refusals
+        self.budget = budget
 
     def describe(self) -> list[Any]:
         return []
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         requests = CounterMetricFamily(
             "wsgipool_requests_refused",
@@ -263,20 +264,6 @@ class RefusalCollector:
         for reason, count in sorted(self.refusals.connections.items()):
             connections.add_metric([reason], count)
         yield connections
-
-
-class BufferCollector:
-    """Reads the bytes of bodies the front holds for slow clients at scrape time."""
-
-    def __init__(self, budget: MemoryBudget) -> None:
-        self.budget = budget
-
-    def describe(self) -> list[Any]:
-        return []
-
-    def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
-
         held = GaugeMetricFamily(
             "wsgipool_buffered_bytes",
             "Bytes of request and response bodies held for slow clients now, by where",
