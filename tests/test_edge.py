@@ -307,6 +307,19 @@ def test_other_servers_refuse_the_same_requests(host: int) -> None:
 # -- TLS ------------------------------------------------------------------------------------
 
 
+def wait_until_served(server: Front, url: str, context: ssl.SSLContext) -> None:
+    """Until the HTTPS front answers its readiness probe (its process still running)."""
+
+    def up() -> bool:
+        assert server.proc.poll() is None, server.output()
+        try:
+            return httpx.get(url + "/-/readyz", verify=context, timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(up, 30, "the HTTPS front")
+
+
 def test_tls_with_a_certificate_made_here(front: Callable[..., Front], tmp_path: Path) -> None:
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
@@ -317,15 +330,7 @@ def test_tls_with_a_certificate_made_here(front: Callable[..., Front], tmp_path:
     server = front("apps:pid", "-w", "1", "--certfile", str(certfile), "--keyfile", str(keyfile))
     url = server.url.replace("http://", "https://")
     context = ssl.create_default_context(cafile=str(cafile))
-
-    def up() -> bool:
-        assert server.proc.poll() is None, server.output()
-        try:
-            return httpx.get(url + "/-/readyz", verify=context, timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(up, 30, "the HTTPS front")
+    wait_until_served(server, url, context)
     with httpx.Client(verify=context, timeout=30) as client:
         response = client.get(url + "/")
         assert response.status_code == 200
@@ -350,15 +355,7 @@ def test_tls_client_certificates(front: Callable[..., Front], tmp_path: Path) ->
     with_cert = ssl.create_default_context(cafile=str(cafile))
     ca.issue_cert("client@example.com").configure_cert(with_cert)
     without = ssl.create_default_context(cafile=str(cafile))
-
-    def up() -> bool:
-        assert server.proc.poll() is None, server.output()
-        try:
-            return httpx.get(url + "/-/readyz", verify=with_cert, timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(up, 30, "the HTTPS front")
+    wait_until_served(server, url, with_cert)
     assert httpx.get(url + "/", verify=with_cert, timeout=30).status_code == 200
     with pytest.raises(httpx.TransportError):  # no client certificate: no request
         httpx.get(url + "/", verify=without, timeout=10)
