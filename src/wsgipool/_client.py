@@ -56,10 +56,6 @@ class Pace:
         return f"{self.moved} bytes in {self.blamed + time.monotonic() - self._since:.1f}s"
 
 
-#: The reason phrases of the front's own refusals of a body.
-REASONS = {408: "Request Timeout", 413: "Payload Too Large", 503: "Service Unavailable"}
-
-
 class BodyRefused(Exception):
     """The body was refused before any worker saw it; ``status`` says how to answer and
     ``reason`` names the kind (for the counts), the message says what happened."""

@@ -17,7 +17,7 @@ import logging
 import math
 
 from . import _protocol as proto
-from ._client import REASONS, BodyRefused, Pace, first_message, take_body
+from ._client import BodyRefused, Pace, first_message, take_body
 from ._errors import (
     AppLoadError,
     OverloadedError,
@@ -26,7 +26,7 @@ from ._errors import (
     WorkerGoneError,
     WorkerStartError,
 )
-from ._guard import Refusals
+from ._guard import PHRASES, Refusals
 from ._lease import Lease
 from ._pool import Pool
 from ._queue import Watch
@@ -137,7 +137,7 @@ class Exchange:
 
     async def _refuse(self, exc: BodyRefused) -> None:
         self.count_refusal(exc)
-        await self.respond(exc.status, REASONS[exc.status], CLOSE)
+        await self.respond(exc.status, PHRASES[exc.status], CLOSE)
 
     def count_refusal(self, exc: BodyRefused) -> None:
         """Count (and, at a rate that cannot flood, log) a body the front refused."""

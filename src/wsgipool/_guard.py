@@ -26,10 +26,12 @@ log = logging.getLogger("wsgipool.edge")
 ALLOW = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 #: Seconds between two log lines about refusals of one kind.
 LOG_EVERY = 10.0
-_PHRASES = {
+#: Reason phrases of the front's own answers.
+PHRASES = {
     400: "Bad Request",
     405: "Method Not Allowed",
     408: "Request Timeout",
+    413: "Payload Too Large",
     414: "URI Too Long",
     431: "Request Header Fields Too Large",
     503: "Service Unavailable",
@@ -46,14 +48,14 @@ class Refusal:
 
     def response(self) -> bytes:
         """The whole HTTP/1.1 response, for a server layer that writes bytes."""
-        head = b"HTTP/1.1 %d %s\r\n" % (self.status, _PHRASES[self.status].encode())
+        head = b"HTTP/1.1 %d %s\r\n" % (self.status, PHRASES[self.status].encode())
         return (
             head + b"".join(b"%s: %s\r\n" % pair for pair in self.headers()) + b"\r\n" + self.body
         )
 
     @property
     def body(self) -> bytes:
-        return f"{_PHRASES[self.status]}: {self.detail}\n".encode()
+        return f"{PHRASES[self.status]}: {self.detail}\n".encode()
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         headers = [

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from . import _protocol as proto
-from ._client import REASONS, BodyRefused, Pace
+from ._client import BodyRefused, Pace
 from ._errors import AppError, ProtocolError, WorkerError, WorkerGoneError, WorkerTimeoutError
+from ._guard import PHRASES
 from ._lease import Lease
 from ._spool import Spool, SpoolError
 from ._types import Message
@@ -172,7 +173,7 @@ class Relay:
 
     def _end(self) -> None:
         if self.x.refused:
-            self._own(self.x.refused, REASONS[self.x.refused])
+            self._own(self.x.refused, PHRASES[self.x.refused])
             return
         self._commit()
         if not self.committed:
@@ -188,7 +189,7 @@ class Relay:
 
     def _app_failed(self, message: str) -> None:
         if self.x.refused:
-            self._own(self.x.refused, REASONS[self.x.refused])
+            self._own(self.x.refused, PHRASES[self.x.refused])
         elif self.x.config.app_errors == "raise":
             self.x.failure = app_error(message)  # the server answers 500, as with asgiref
         else:
