@@ -59,6 +59,19 @@ def pipe() -> tuple[int, int]:
     return r, w
 
 
+def channel_pipes() -> tuple[int, int, int, int]:
+    """A worker's two pipes, both or neither: ``(to_child_r, to_child_w, from_child_r,
+    from_child_w)``."""
+    to_child_r, to_child_w = pipe()
+    try:
+        from_child_r, from_child_w = pipe()
+    except BaseException:
+        os.close(to_child_r)
+        os.close(to_child_w)
+        raise
+    return to_child_r, to_child_w, from_child_r, from_child_w
+
+
 #: Exit status of a forked worker: its parent is the template, which reaps it.
 EXIT_UNKNOWN = -1000
 
@@ -151,13 +164,7 @@ class WorkerProcess:
                 "the main script runs again in each worker, so guard the code that serves "
                 "with `if __name__ == '__main__':`"
             )
-        to_child_r, to_child_w = pipe()
-        try:
-            from_child_r, from_child_w = pipe()
-        except BaseException:
-            os.close(to_child_r)
-            os.close(to_child_w)
-            raise
+        to_child_r, to_child_w, from_child_r, from_child_w = channel_pipes()
         try:
             popen = subprocess.Popen(
                 [sys.executable, "-u", "-m", "wsgipool._worker", str(os.getpid())],

@@ -15,7 +15,7 @@ import anyio
 
 from . import _protocol as proto
 from ._errors import ProtocolError, WorkerStartError
-from ._process import ForkedChild, WorkerProcess, pipe
+from ._process import ForkedChild, WorkerProcess, channel_pipes
 
 
 class Template(WorkerProcess):
@@ -52,12 +52,9 @@ class Template(WorkerProcess):
         while self.forking:  # one request at a time
             await anyio.sleep(0.005)
         self.forking = True
-        ends: list[int] = []
+        ends: tuple[int, ...] = ()
         try:
-            to_child_r, to_child_w = pipe()
-            ends += (to_child_r, to_child_w)
-            from_child_r, from_child_w = pipe()
-            ends += (from_child_r, from_child_w)
+            ends = to_child_r, to_child_w, from_child_r, from_child_w = channel_pipes()
             socket.send_fds(self.sock, [proto.fork_request(worker_id)], [to_child_r, from_child_w])
             with anyio.fail_after(30):
                 pid = await self._reply_for(worker_id)
