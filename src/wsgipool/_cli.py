@@ -72,16 +72,16 @@ class Option:
         return value
 
 
-def parse_parser(text: str) -> str:
-    if text not in ("auto", "httptools", "h11"):
-        raise ValueError(f"not auto, httptools or h11: {text!r}")
-    return text
+def one_of(*choices: str) -> Callable[[str], str]:
+    """A parser that accepts ``choices`` alone."""
+    named = f"{', '.join(choices[:-1])} or {choices[-1]}"
 
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"not {named}: {text!r}")
+        return text
 
-def parse_cert_reqs(text: str) -> str:
-    if text not in CERT_REQS:
-        raise ValueError(f"not none, optional or required: {text!r}")
-    return text
+    return parse
 
 
 SERVER_OPTIONS = (
@@ -118,12 +118,12 @@ SERVER_OPTIONS = (
         "fewer if the descriptor limit is low)", int,
     ),
     Option("http", "auto", "HTTP/1.1 parser: httptools, h11, or auto (httptools if installed)",
-           parse_parser),
+           one_of("auto", "httptools", "h11")),
     Option("certfile", "", "serve HTTPS with this certificate (PEM; may hold the chain)"),
     Option("keyfile", "", "the private key of certfile (PEM)"),
     Option("ca_certs", "", "CA certificates (PEM) to verify client certificates with"),
     Option("cert_reqs", "none", "client certificates: none, optional or required (needs "
-           "ca_certs)", parse_cert_reqs),
+           "ca_certs)", one_of(*CERT_REQS)),
 )  # fmt: skip
 #: Where ``wsgipool serve`` departs from the library's defaults.
 #: Where `wsgipool serve` differs from the library: it answers its probes, and as the
