@@ -8,6 +8,7 @@ import json
 import os
 import random
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -224,11 +225,37 @@ def closing(environ: Environ, start_response: Any) -> Iterable[bytes]:
     return Tracked(_q(environ, "marker"), iter([b"a", b"b"]))
 
 
+class AppSpecificError(Exception):
+    """An exception class of the app's own, with state beyond its message."""
+
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class NeedsTwoArguments(Exception):
+    """An exception that pickles but does not unpickle (its args are not its
+    ``__init__``'s arguments)."""
+
+    def __init__(self, first: str, second: str) -> None:
+        super().__init__(f"{first} {second}")
+
+
 def fail(environ: Environ, start_response: Any) -> Iterable[bytes]:
     """Failures by ``?how=``."""
     how = _q(environ, "how")
     if how == "raise":
         raise RuntimeError("boom before headers")
+    if how == "value":
+        raise ValueError("a value error of the app")
+    if how == "own":
+        raise AppSpecificError("an error of the app's own", code=42)
+    if how == "unpicklable":
+        raise ValueError("carries a lock", threading.Lock())
+    if how == "no-unpickle":
+        raise NeedsTwoArguments("one", "two")
+    if how == "os":
+        raise FileNotFoundError(2, "No such file", "/nowhere")
     if how == "sigkill":
         os.kill(os.getpid(), 9)
     if how == "exit":

@@ -73,6 +73,20 @@ async def test_same_400_as_asgiref_on_duplicate_headers(make_app: Any) -> None:
     assert ours[0]["status"] == 400
 
 
+async def test_no_duplicate_header_limit_serves_what_asgiref_serves(make_app: Any) -> None:
+    # asgiref with duplicate_header_limit=None serves any number of fields; so do we
+    # (gunicorn's limit_request_fields stays on by default and in ``wsgipool serve``).
+    scope = http_scope(headers=[(b"x-a", b"1")] * 150)
+    ours = await call_asgi(make_app(apps.hello, duplicate_header_limit=None), scope)
+    theirs = await asgiref_messages(apps.hello, scope, duplicate_header_limit=None)
+    assert ours == theirs
+    assert ours[0]["status"] == 200
+    scope = http_scope(headers=[(b"x-%d" % n, b"1") for n in range(150)])
+    assert (await call_asgi(make_app(apps.hello), scope))[0]["status"] == 431
+    limited = make_app(apps.hello, duplicate_header_limit=None, limit_request_fields=120)
+    assert (await call_asgi(limited, scope))[0]["status"] == 431
+
+
 async def test_runs_in_another_process(make_app: Any) -> None:
     messages = await call_asgi(make_app(apps.pid))
     worker_pid = int(messages[1]["body"])

@@ -1,5 +1,6 @@
-"""An exception of the app reaches the ASGI caller as ``AppError`` (asgiref's behaviour),
-with the app's traceback as ``__cause__``, before and after the headers; a worker that
+"""An exception of the app reaches the ASGI caller as itself, its own class (asgiref's
+behaviour), with the app's traceback as ``__cause__``, before and after the headers;
+``AppError`` when it cannot travel; a worker that
 dies mid-response raises too; the worker that raised keeps serving. A response message
 the server refuses costs no worker either.
 
@@ -18,6 +19,7 @@ import anyio
 import httpx
 import pytest
 
+import apps
 from asgi_helpers import call_asgi, http_scope
 from support import Reader, connect, hypercorn_thread, wait_for
 from wsgipool import AppError, RemoteTraceback, WorkerGoneError, WsgiToAsgi
@@ -43,10 +45,11 @@ async def test_error_before_headers_is_raised_with_the_apps_traceback() -> None:
     async with WsgiToAsgi("apps:fail", workers=1) as app:
         before = pids(app)
         sent: list[dict[str, Any]] = []
-        with pytest.raises(AppError) as info:
+        with pytest.raises(RuntimeError) as info:
             await call_asgi(app, fail_scope("raise"), sent=sent)
         assert sent == []  # nothing was sent: the server answers 500 itself
-        assert "RuntimeError: boom before headers" in str(info.value)
+        assert type(info.value) is RuntimeError
+        assert str(info.value) == "boom before headers"
         cause = info.value.__cause__
         assert isinstance(cause, RemoteTraceback)
         text = str(cause)
@@ -65,7 +68,7 @@ async def test_error_after_headers_is_raised_after_the_start_message() -> None:
     async with WsgiToAsgi("apps:fail", workers=1) as app:
         before = pids(app)
         sent: list[dict[str, Any]] = []
-        with pytest.raises(AppError, match="boom midway") as info:
+        with pytest.raises(RuntimeError, match="boom midway") as info:
             await call_asgi(app, fail_scope("midway"), sent=sent)
         assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
         assert sent[0]["status"] == 200
@@ -100,12 +103,54 @@ async def test_worker_killed_mid_response_raises() -> None:
         wait_for(lambda: app.stats().restarts == {"crashed": 1}, what="the worker replaced")
 
 
+@pytest.mark.anyio
+async def test_the_apps_own_class_travels_and_what_cannot_is_app_error() -> None:
+    async with WsgiToAsgi("apps:fail", workers=1) as app:
+        with pytest.raises(apps.AppSpecificError) as own:
+            await call_asgi(app, fail_scope("own"))
+        assert (str(own.value), own.value.code) == ("an error of the app's own", 42)
+        assert "in fail" in str(own.value.__cause__)
+        with pytest.raises(FileNotFoundError) as os_error:
+            await call_asgi(app, fail_scope("os"))
+        assert (os_error.value.errno, os_error.value.filename) == (2, "/nowhere")
+        # No pickle (a lock), or no unpickle (other __init__ arguments): AppError, the text.
+        with pytest.raises(AppError, match="carries a lock") as info:
+            await call_asgi(app, fail_scope("unpicklable"))
+        assert isinstance(info.value.__cause__, RemoteTraceback)
+        with pytest.raises(AppError, match="NeedsTwoArguments: one two"):
+            await call_asgi(app, fail_scope("no-unpickle"))
+        assert app.stats().restarts == {}
+
+
+def test_unpickling_names_only_exceptions_of_modules_already_imported() -> None:
+    # The front never imports the app's code, and a pickle can name no other callable.
+    import pickle
+
+    from wsgipool._remote import dump, load
+
+    class Sneaky:
+        def __reduce__(self) -> Any:
+            return (os.system, ("true",))
+
+    assert isinstance(load("m\ntb", pickle.dumps(Sneaky()), trusted=True), AppError)
+    smuggled = pickle.dumps(ValueError(Sneaky()))
+    assert isinstance(load("m\ntb", smuggled, trusted=True), AppError)
+    unknown = dump(ValueError("x")).replace(b"builtins", b"xbuiltin")  # type: ignore[union-attr]
+    assert isinstance(load("m\ntb", unknown, trusted=True), AppError)
+    plain = dump(KeyError("k", [1, 2], {3}))
+    assert type(load("m\ntb", plain, trusted=True)) is KeyError
+    # A worker that runs as another user is not trusted with a pickle at all.
+    assert isinstance(load("m\ntb", plain, trusted=False), AppError)
+
+
 def test_starlette_testclient_raises_the_apps_error() -> None:
     app = WsgiToAsgi("apps:fail", workers=1)
     with TestClient(app) as client:
-        with pytest.raises(AppError, match="boom before headers"):
+        with pytest.raises(RuntimeError, match="boom before headers"):
             client.get("/", params={"how": "raise"})
-        with pytest.raises(AppError, match="boom midway"):
+        with pytest.raises(ValueError, match="a value error of the app"):
+            client.get("/", params={"how": "value"})
+        with pytest.raises(RuntimeError, match="boom midway"):
             client.get("/", params={"how": "midway"})
         assert client.get("/", params={"how": "sleep", "s": "0"}).status_code == 200
     assert app.stats().restarts == {}

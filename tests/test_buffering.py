@@ -248,6 +248,22 @@ def test_declared_body_over_max_body_size_is_413_before_100_continue(serve: Any,
         assert served(app) == 1
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("buffered", [True, False])
+async def test_a_chunked_body_over_the_limit_in_one_message_is_refused_and_counted(
+    buffered: bool,
+) -> None:
+    # httpx's ASGITransport sends a body as one message: 413, counted like the others.
+    headers = [(b"host", b"t"), (b"transfer-encoding", b"chunked")]
+    scope = http_scope(method="POST", headers=headers)
+    options = {"workers": 1, "max_body_size": 1000, "buffer_requests": buffered}
+    async with WsgiToAsgi("apps:digest", **options) as app:
+        sent = await call_asgi(app, scope, body=[b"x" * 2000])
+        assert sent[0]["status"] == 413
+        assert app.refusals.requests == {(413, "body too large"): 1}
+        assert sum(w.requests for w in app.stats().workers) == 0
+
+
 @HTTP
 def test_without_buffering_the_app_reads_the_body_as_it_arrives(serve: Any, http: str) -> None:
     app = WsgiToAsgi("apps:line_echo", workers=1, buffer_requests=False)

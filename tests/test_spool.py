@@ -115,3 +115,32 @@ def test_hand_over_names_the_file_part_of_a_request_body(tmp_path: Path) -> None
     assert os.pread(fd, size, offset) == b"defgh"
     assert (budget.used, budget.on_disk, spool.size) == (0, 0, 0)
     spool.close()
+
+
+def test_a_body_spool_joins_small_chunks_in_memory_and_on_disk(tmp_path: Path) -> None:
+    # A request body may come as millions of 1-byte messages: a spool that keeps no
+    # boundaries holds them as a few large pieces, not one object (or file region) each.
+    budget = MemoryBudget(64 << 20)
+    spool = Spool(budget, str(tmp_path), merge=True)
+    data = bytes(range(256)) * 12_000  # 3 MB, past MEMORY_PER_SPOOL
+    for start in range(0, len(data), 100):
+        spool.put(data[start : start + 100])
+    chunks = drain(spool)
+    assert b"".join(chunks) == data
+    assert all(type(chunk) is bytes for chunk in chunks)
+    assert len(chunks) <= len(data) // (64 * 1024) + 4  # 64 KiB pieces in memory, 1 MiB on disk
+    assert (spool.size, budget.used, budget.on_disk) == (0, 0, 0)
+    spool.close()
+
+
+def test_a_merged_body_is_handed_over_whole(tmp_path: Path) -> None:
+    budget = MemoryBudget(64 << 20)
+    spool = Spool(budget, str(tmp_path), merge=True)
+    data = os.urandom(MEMORY_PER_SPOOL + 5000)
+    for start in range(0, len(data), 1000):
+        spool.put(data[start : start + 1000])
+    chunks, region = spool.hand_over()
+    assert region is not None
+    fd, offset, size = region
+    assert b"".join(chunks) + os.pread(fd, size, offset) == data
+    spool.close()

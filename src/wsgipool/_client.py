@@ -66,6 +66,12 @@ class BodyRefused(Exception):
         self.reason = reason
 
 
+def check_size(size: int, limit: int | None, what: str = "the body") -> None:
+    """The one rule for ``max_body_size``: :class:`BodyRefused` (413) past it."""
+    if limit is not None and size > limit:
+        raise BodyRefused(413, "body too large", f"{what} is over max_body_size ({limit} bytes)")
+
+
 async def first_message(receive: Receive, pace: Pace) -> Message:
     """The request's first message, which the server gives only once a byte of the body
     came: a client that sends its headers and then nothing gets 408 like a slow one."""
@@ -84,7 +90,7 @@ async def take_body(
     Raises :class:`BodyRefused` with 413 past ``max_body_size`` and with 408 for a client
     slower than ``pace`` allows (the pace of the whole body, first message included).
     """
-    spool = Spool(budget, config.buffer_dir)
+    spool = Spool(budget, config.buffer_dir, merge=True)  # a body: boundaries do not matter
     limit = config.max_body_size
     message = first
     try:
@@ -92,10 +98,7 @@ async def take_body(
             while True:
                 chunk: bytes = message.get("body", b"")
                 if chunk:
-                    if limit is not None and spool.size + len(chunk) > limit:
-                        raise BodyRefused(
-                            413, "body too large", f"over max_body_size ({limit} bytes)"
-                        )
+                    check_size(spool.size + len(chunk), limit)
                     spool.put(chunk)
                 if not message.get("more_body", False):
                     return spool

@@ -17,7 +17,7 @@ import logging
 import math
 
 from . import _protocol as proto
-from ._client import BodyRefused, Pace, first_message, take_body
+from ._client import BodyRefused, Pace, check_size, first_message, take_body
 from ._errors import (
     AppLoadError,
     OverloadedError,
@@ -28,6 +28,7 @@ from ._errors import (
 )
 from ._guard import PHRASES, Refusals
 from ._lease import Lease
+from ._linger import LINGER_TIME, answer_early, body_may_follow, linger_time
 from ._pool import Pool
 from ._queue import Watch
 from ._relay import CLOSE, Relay, plain_response
@@ -122,22 +123,28 @@ class Exchange:
         of it in time)."""
         if "CONTENT_LENGTH" not in cgi and "HTTP_TRANSFER_ENCODING" not in cgi:
             return await self.receive()  # no body to wait for
-        limit = self.config.max_body_size
         declared = cgi.get("CONTENT_LENGTH", "")
-        if limit is not None and declared.isdigit() and int(declared) > limit:
-            await self._refuse(BodyRefused(413, "body too large",
-                                           f"Content-Length {declared} over {limit}"))  # fmt: skip
-            return None
+        if declared.isdigit():
+            try:
+                check_size(int(declared), self.config.max_body_size, "Content-Length")
+            except BodyRefused as exc:  # unless it waits for 100 Continue, it is coming
+                await self._refuse(exc, LINGER_TIME if body_may_follow(self.scope) else 0)
+                return None
         self.pace = Pace(self.config)  # buffered or not, the body must keep moving
         try:
             return await first_message(self.receive, self.pace)
-        except BodyRefused as exc:
+        except BodyRefused as exc:  # none of it came: nothing to wait for
             await self._refuse(exc)
             return None
 
-    async def _refuse(self, exc: BodyRefused) -> None:
+    async def _refuse(self, exc: BodyRefused, linger: float = 0.0) -> None:
+        """Answer a refused body; with ``linger``, read the rest of it first (see _linger)
+        so the client, still sending, reads the answer instead of a reset."""
         self.count_refusal(exc)
-        await self.respond(exc.status, PHRASES[exc.status], CLOSE)
+        if self.started or self.disconnected:
+            return
+        start, body = plain_response(exc.status, PHRASES[exc.status], CLOSE)
+        await answer_early(self.deliver, self.receive, start, body, linger)
 
     def count_refusal(self, exc: BodyRefused) -> None:
         """Count (and, at a rate that cannot flood, log) a body the front refused."""
@@ -154,11 +161,14 @@ class Exchange:
                 return  # answered, or the client left
             body, spool = taken
             more = False
-        elif config.max_body_size is not None and len(body) > config.max_body_size:
-            await self.respond(413, "Payload Too Large", CLOSE)
-            return
-        elif config.buffer_requests and "HTTP_TRANSFER_ENCODING" in cgi:
-            cgi["CONTENT_LENGTH"] = str(len(body))  # a chunked body complete at once
+        else:
+            try:
+                check_size(len(body), config.max_body_size)
+            except BodyRefused as exc:
+                await self._refuse(exc, LINGER_TIME if more else 0)
+                return
+            if not more and config.buffer_requests and "HTTP_TRANSFER_ENCODING" in cgi:
+                cgi["CONTENT_LENGTH"] = str(len(body))  # a chunked body complete at once
         payload: list[bytes | memoryview] = [proto.request_frame(cgi)]
         if len(body) > INLINE_BODY:
             spool = Spool(self.budget, config.buffer_dir)
@@ -185,8 +195,8 @@ class Exchange:
         pace = self.pace or Pace(self.config)
         try:
             spool = await take_body(self.receive, first, self.config, self.budget, pace)
-        except BodyRefused as exc:
-            await self._refuse(exc)
+        except BodyRefused as exc:  # the client is still sending
+            await self._refuse(exc, linger_time(exc.status))
             return None
         if spool is None:
             return None  # the client left

@@ -18,6 +18,7 @@ from ._environ import TooManyHeadersError, cgi_environ, complete_environ
 from ._errors import AppLoadError, WorkerStartError
 from ._exchange import Exchange
 from ._guard import Refusals, refusal
+from ._linger import LINGER_TIME, answer_early, body_may_follow
 from ._loader import describe, label
 from ._logging import install_fallback
 from ._observe import observer_for
@@ -43,6 +44,8 @@ class WsgiToAsgi:
     ) -> None:
         self.wsgi_application = wsgi_application
         self.duplicate_header_limit = duplicate_header_limit
+        if duplicate_header_limit is None:  # asgiref then serves any number of fields
+            options.setdefault("limit_request_fields", 0)
         self.config = Config.from_options(options)
         install_fallback(self.config.log_level)  # visible lines even if the host sets none
         self.spec = describe(wsgi_application)
@@ -137,14 +140,14 @@ async def serve(
 ) -> None:
     """Serve one ``http`` request: refused up front, or relayed through a worker."""
     refused = refusal(scope, pool.config.limits)
-    if refused is not None:  # hostile or oversized: no worker, no body read
+    if refused is not None:  # hostile or oversized: no worker, no body kept
         refusals.refused(refused, scope.get("client"))
-        await refused.send(send)
+        await answer_early(send, receive, *refused.messages(), _linger_for(scope))
         return
     try:
         cgi = cgi_environ(scope, duplicate_header_limit)
     except TooManyHeadersError:
-        await _too_many_headers(send)
+        await answer_early(send, receive, *_TOO_MANY_HEADERS, _linger_for(scope))
         return
     exchange = Exchange(pool, budget, refusals, scope, receive, send)
     first = await exchange.first_message(cgi)
@@ -152,11 +155,16 @@ async def serve(
         await exchange.run(cgi, first)
 
 
-async def _too_many_headers(send: Send) -> None:
-    """asgiref's answer to a header repeated more than ``duplicate_header_limit`` times."""
-    headers = [(b"content-type", b"text/plain")]
-    await send({"type": "http.response.start", "status": 400, "headers": headers})
-    await send({"type": "http.response.body", "body": b"Bad Request: Too many duplicate headers"})
+def _linger_for(scope: Scope) -> float:
+    """Seconds to read the body of a request refused before it was read (see _linger)."""
+    return LINGER_TIME if body_may_follow(scope) else 0.0
+
+
+#: asgiref's answer to a header repeated more than ``duplicate_header_limit`` times.
+_TOO_MANY_HEADERS: tuple[Message, Message] = (
+    {"type": "http.response.start", "status": 400, "headers": [(b"content-type", b"text/plain")]},
+    {"type": "http.response.body", "body": b"Bad Request: Too many duplicate headers"},
+)
 
 
 class WsgiToAsgiInstance:

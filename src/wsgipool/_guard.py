@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from ._types import Scope, Send
+from ._types import Message, Scope
 
 log = logging.getLogger("wsgipool.edge")
 
@@ -65,12 +65,10 @@ class Refusal:
         ]
         return [*headers, (b"allow", ALLOW)] if self.status == 405 else headers
 
-    async def send(self, send: Send) -> None:
-        """Answer through ASGI; ``connection: close`` makes the server close afterwards."""
-        await send(
-            {"type": "http.response.start", "status": self.status, "headers": self.headers()}
-        )
-        await send({"type": "http.response.body", "body": self.body})
+    def messages(self) -> tuple[Message, Message]:
+        """The answer as ASGI messages; ``connection: close`` makes the server close."""
+        start = {"type": "http.response.start", "status": self.status, "headers": self.headers()}
+        return start, {"type": "http.response.body", "body": self.body}
 
 
 @dataclass(frozen=True)

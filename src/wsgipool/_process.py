@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsgipool.pool")
 
 PIPE_SIZE = 1024 * 1024
+#: Most pieces given to one ``writev``: Linux refuses more than IOV_MAX (1024) with EINVAL.
+WRITEV_MAX = 512
 #: Longest a half-written frame may wait for the worker to read before it is given up.
 WRITE_STUCK = 60.0
 #: Set in a worker's environment while it imports the app (see ``spawn``).
@@ -258,7 +260,7 @@ class WorkerProcess:
         try:
             if len(pieces) == 1:
                 return os.write(self.wfd, pieces[0])
-            return os.writev(self.wfd, pieces)
+            return os.writev(self.wfd, pieces[:WRITEV_MAX])  # the rest on the next call
         except BlockingIOError:
             return None
         except OSError as exc:  # EPIPE: the worker is gone

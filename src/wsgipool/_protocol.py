@@ -27,7 +27,8 @@ Worker -> front::
     BODY     <bytes>          a response chunk, exactly as the app yielded it
     SPILLED  size             the next response chunk is the spill file's next ``size`` bytes
     END                       the response is complete (after START)
-    ERROR    message          the app failed; before START the front answers 500
+    ERROR    message, pickled the app failed (its traceback; the exception pickled, or nil);
+                              before START the front answers 500
     LOG      level, message   a line the app wrote to ``wsgi.errors``
 
 Decoded, a frame is one of the small named tuples below, checked for shape here, so
@@ -139,6 +140,7 @@ class End(NamedTuple):
 
 class Error(NamedTuple):
     message: str
+    pickled: bytes | None
 
 
 class Log(NamedTuple):
@@ -312,8 +314,8 @@ def _start(fields: list[Any]) -> Frame:
 
 
 def _error(fields: list[Any]) -> Frame:
-    _want("ERROR", fields, 1)
-    return Error(_typed("ERROR", fields[0], str))
+    _want("ERROR", fields, 2)
+    return Error(_typed("ERROR", fields[0], str), _typed("ERROR", fields[1], bytes, type(None)))
 
 
 def _log(fields: list[Any]) -> Frame:

@@ -21,10 +21,18 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from . import _protocol as proto
-from ._client import BodyRefused, Pace
-from ._errors import AppError, ProtocolError, WorkerError, WorkerGoneError, WorkerTimeoutError
+from . import _remote as remote
+from ._client import BodyRefused, Pace, check_size
+from ._errors import (
+    LeaseEndedError,
+    ProtocolError,
+    WorkerError,
+    WorkerGoneError,
+    WorkerTimeoutError,
+)
 from ._guard import PHRASES
 from ._lease import Lease
+from ._linger import drain_body, linger_time
 from ._spool import Spool, SpoolError
 from ._types import Message
 
@@ -68,13 +76,6 @@ def shared_path(fd: int) -> str:
     return f"/proc/{os.getpid()}/fd/{fd}"
 
 
-def app_error(message: str) -> AppError:
-    """The exception to raise for an ERROR frame: its last line names the app's error."""
-    head, _, traceback = message.partition("\n")
-    lines = [line for line in traceback.splitlines() if line.strip()]
-    return AppError(f"{head}: {lines[-1]}" if lines else head, traceback)
-
-
 class Relay:
     """Relays one response; the exchange's lease is handed over to it."""
 
@@ -90,6 +91,7 @@ class Relay:
         self._done = False  # the pump has queued the response's last item
         self._lock: anyio.Lock | None = None  # streamed: writes and the release take turns
         self._fed = False  # the request body and its EOF are in the worker's pipe
+        self._drained: anyio.Event | None = None  # set once a refused body was drained
         self._spill = False  # the worker was asked to write into the spool's spill file
 
     async def run(self, more: bool, received: int, body: Spool | None) -> None:
@@ -130,7 +132,7 @@ class Relay:
                 self._end()
                 return True
             elif kind is proto.Error:
-                self._app_failed(frame.message)  # type: ignore[union-attr]
+                self._app_failed(frame)  # type: ignore[arg-type]
                 return True
             elif kind is proto.Log:
                 app_log.log(frame.level, "%s", frame.message)  # type: ignore[union-attr]
@@ -181,19 +183,24 @@ class Relay:
         self.items.append(END_MESSAGE)
 
     def _own(self, status: int, text: str) -> None:
-        """Queue a response of our own, unless the app's has begun."""
-        if not self.committed:
-            extra = (CLOSE,) if status in (408, 413) else ()
-            self.items.extend(plain_response(status, text, *extra))
-            self.committed = True
+        """Queue a response of our own, unless the app's has begun. The answer to a body
+        the front refused is ended only once the feed has drained that body (_linger)."""
+        if self.committed:
+            return
+        self.committed = True
+        if self._drained is None:
+            self.items.extend(plain_response(status, text))
+            return
+        start, body = plain_response(status, text, CLOSE)
+        self.items.extend((start, {**body, "more_body": True}, END_MESSAGE))
 
-    def _app_failed(self, message: str) -> None:
+    def _app_failed(self, frame: proto.Error) -> None:
         if self.x.refused:
             self._own(self.x.refused, PHRASES[self.x.refused])
-        elif self.x.config.app_errors == "raise":
-            self.x.failure = app_error(message)  # the server answers 500, as with asgiref
+        elif self.x.config.app_errors == "raise":  # the server answers 500, as with asgiref
+            self.x.failure = remote.load(frame.message, frame.pickled, self._shares_files())
         else:
-            app_log.error("%s", message)
+            app_log.error("%s", frame.message)
             if self.committed:
                 log.error("response to %s cut off: the app failed", self.x.request_line)
             self._own(500, "Internal Server Error")
@@ -246,6 +253,9 @@ class Relay:
                 except SpoolError as exc:  # the rest cannot be read back: cut the client off
                     self._cut_off(exc)
                     return
+                if message is END_MESSAGE and self._drained is not None:
+                    scope.deadline = math.inf  # the feed's bounds apply (_linger)
+                    await self._drained.wait()
                 scope.deadline = anyio.current_time() + max(pace.begin(), 0)
                 await self.x.deliver(message)
                 pace.end(len(message.get("body", b"")))
@@ -354,8 +364,19 @@ class Relay:
                 x.disconnected = True
                 self._queued()
             await self._client_left(lock)
-        except WorkerError:
-            pass  # the pump sees the same failure on its side
+            if self._drained is not None:  # the app is told to stop; the client still sends
+                try:
+                    await drain_body(x.receive, linger_time(x.refused))
+                finally:
+                    self._drained.set()
+        except LeaseEndedError:
+            pass  # the response ended first: the app did not need the rest
+        except WorkerError as exc:
+            # The body cannot reach the worker, which would wait for it until its timeout:
+            # stop it now, and the pump answers for the request.
+            if not self.lease.ended:
+                log.error("request body of %s not delivered: %s", x.request_line, exc)
+                await self.lease.kill()
         except SpoolError as exc:  # the buffered body cannot be read back: stop the app
             log.error("request body of %s lost: %s", x.request_line, exc)
             x.disconnected = True
@@ -379,8 +400,10 @@ class Relay:
                     return True
                 more = message.get("more_body", False)
                 size += len(chunk)
-                if limit is not None and size > limit:
-                    self._refuse(413, "body too large", f"over max_body_size ({limit} bytes)")
+                try:
+                    check_size(size, limit)
+                except BodyRefused as exc:
+                    self._refuse(exc)
                     return False
                 pieces = proto.body_frames(chunk) if chunk else []
                 if not more:
@@ -391,12 +414,13 @@ class Relay:
                 self._fed = not more
                 if not more:
                     return False
-        self._refuse(408, "body too slow", pace.why())
+        self._refuse(BodyRefused(408, "body too slow", pace.why()))
         return False
 
-    def _refuse(self, status: int, reason: str, detail: str) -> None:
-        self.x.refused = status
-        self.x.count_refusal(BodyRefused(status, reason, detail))
+    def _refuse(self, exc: BodyRefused) -> None:
+        self.x.refused = exc.status
+        self.x.count_refusal(exc)
+        self._drained = anyio.Event()
 
     async def _send_body(self, lock: anyio.Lock, body: Spool) -> None:
         """A buffered body: what is in memory over the pipe; what is on disk, by naming
@@ -404,7 +428,8 @@ class Relay:
         runs as the front's user and may open the front's descriptors."""
         if self._shares_files():
             chunks, region = body.hand_over()
-            pieces = [piece for chunk in chunks for piece in proto.body_frames(chunk)]
+            # At most 1 MiB in memory, often in many small pieces: one frame of it.
+            pieces = proto.body_frames(b"".join(chunks)) if chunks else []
             if region is not None:
                 fd, offset, size = region
                 pieces.append(proto.file_frame(shared_path(fd), offset, size))

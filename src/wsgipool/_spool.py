@@ -24,6 +24,9 @@ MEMORY_PER_SPOOL = 1024 * 1024
 WRITE_AT = 1024 * 1024
 #: The spool's own file, in a chunk's place on disk (its descriptor is opened lazily).
 OWN = -1
+#: A spool that need not keep chunk boundaries (a request body) joins small chunks up to
+#: this size: a body sent as millions of 1-byte chunks is not millions of objects.
+MERGE_UP_TO = 64 * 1024
 
 
 class SpoolError(Exception):
@@ -53,19 +56,22 @@ class MemoryBudget:
 class Spool:
     """Chunks in arrival order, in memory first and then in temporary files."""
 
-    __slots__ = ("_budget", "_dir", "_disk", "_fd", "_in_memory", "_memory", "_out",
-                 "_out_held", "_out_size", "_spill_at", "_spill_fd", "_write_at",
+    __slots__ = ("_budget", "_dir", "_disk", "_fd", "_in_memory", "_memory", "_merge",
+                 "_out", "_out_held", "_out_size", "_spill_at", "_spill_fd", "_write_at",
                  "size")  # fmt: skip
 
-    def __init__(self, budget: MemoryBudget, directory: str | None = None) -> None:
+    def __init__(
+        self, budget: MemoryBudget, directory: str | None = None, merge: bool = False
+    ) -> None:
         self._budget = budget
         self._dir = directory
-        self._memory: deque[bytes] = deque()
+        self._merge = merge  # chunk boundaries do not matter: small chunks are joined
+        self._memory: deque[bytes | bytearray] = deque()
         self._in_memory = 0
         self._fd = -1
         self._write_at = 0  # where the next chunk goes in the own file (``_out`` first)
         self._disk: deque[tuple[int, int, int]] = deque()  # (fd or OWN, offset, size)
-        self._out: list[bytes] = []  # chunks bound for the own file, written together
+        self._out: list[bytes | bytearray] = []  # chunks bound for the own file, written together
         self._out_size = 0
         self._out_held = 0  # of those, taken from the budget
         self._spill_fd = -1
@@ -84,7 +90,11 @@ class Spool:
             and self._in_memory + size <= MEMORY_PER_SPOOL
             and self._budget.take(size)
         ):
-            self._memory.append(chunk)
+            memory = self._memory
+            if self._merge and memory and len(memory[-1]) + size <= MERGE_UP_TO:
+                memory[-1] += chunk  # a bytearray: grown in place
+            else:
+                memory.append(bytearray(chunk) if self._merge and size < MERGE_UP_TO else chunk)
             self._in_memory += size
         else:
             self._write(chunk)
@@ -94,9 +104,23 @@ class Spool:
         """Queue ``chunk`` for the file; a write call per ``WRITE_AT`` bytes, not per chunk
         (a body arrives in many small pieces)."""
         size = len(chunk)
-        self._disk.append((OWN, self._write_at + self._out_size, size))
+        disk, offset = self._disk, self._write_at + self._out_size
+        if self._merge and disk and disk[-1][0] == OWN and disk[-1][2] + size <= WRITE_AT:
+            _, start, held = disk[-1]
+            if start + held == offset:
+                disk[-1] = (OWN, start, held + size)
+            else:
+                disk.append((OWN, offset, size))
+        else:
+            disk.append((OWN, offset, size))
         self._budget.on_disk += size
-        self._out.append(chunk)
+        out = self._out
+        if self._merge and out and len(out[-1]) + size <= MERGE_UP_TO:
+            if type(out[-1]) is bytes:
+                out[-1] = bytearray(out[-1])
+            out[-1] += chunk
+        else:
+            out.append(chunk)
         self._out_size += size
         # What waits to be written is memory too: it counts against the budget.
         if self._budget.take(size):
@@ -116,7 +140,7 @@ class Spool:
     def _write_out(self) -> None:
         if self._fd < 0:
             self._fd = _temporary_file(self._dir)
-        pieces: list[bytes | memoryview] = list(self._out)
+        pieces: list[bytes | bytearray | memoryview] = list(self._out)
         while pieces:
             written = os.pwritev(self._fd, pieces[:512], self._write_at)
             self._write_at += written
@@ -148,7 +172,8 @@ class Spool:
     def get(self) -> bytes | None:
         """The oldest chunk, or None if the spool is empty."""
         if self._memory:
-            chunk = self._memory.popleft()
+            held = self._memory.popleft()
+            chunk = held if type(held) is bytes else bytes(held)
             self._in_memory -= len(chunk)
             self._budget.give(len(chunk))
         elif self._disk:
@@ -179,7 +204,7 @@ class Spool:
             raise SpoolError(f"cannot read a spool file: {exc}") from exc
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def hand_over(self) -> tuple[list[bytes], tuple[int, int, int] | None]:
+    def hand_over(self) -> tuple[list[bytes | bytearray], tuple[int, int, int] | None]:
         """Everything held, for a reader that takes the file part itself: the chunks in
         memory, and ``(fd, offset, size)`` of the bytes in the own file (None if none). The
         spool is empty afterwards but keeps its file open until :meth:`close`. (A request

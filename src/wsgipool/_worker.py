@@ -48,6 +48,7 @@ from ._protocol import (
     spilled_frame,
     start_frame,
 )
+from ._remote import dump
 from ._titles import set_title
 from ._wsgi import (
     ClientDisconnected,
@@ -264,8 +265,8 @@ class Worker:
                     self.queue_start()
             except ClientDisconnected:
                 pass
-            except Exception:
-                failure = traceback.format_exc()
+            except Exception as exc:
+                failure = exc
         finally:
             if result is not None:
                 self.close(result)
@@ -282,10 +283,13 @@ class Worker:
         except Exception:
             self.emit_log("Exception in close() of the response:\n" + traceback.format_exc())
 
-    def fail(self, environ: dict[str, Any], tb: str) -> None:
+    def fail(self, environ: dict[str, Any], exc: Exception) -> None:
+        """Tell the front: the traceback as text, and the exception itself if it pickles
+        (the front raises the app's own class, as asgiref does)."""
         request = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
+        tb = "".join(traceback.format_exception(exc))
         self.channel.discard_queued()
-        self.channel.send(pack(ERROR, f"Exception in WSGI app for {request}\n{tb}"))
+        self.channel.send(pack(ERROR, f"Exception in WSGI app for {request}\n{tb}", dump(exc)))
 
     def queue_start(self) -> None:
         responder = self.responder
