@@ -228,6 +228,24 @@ def test_a_10_mb_header_line_is_never_buffered(front: Callable[..., Front], pars
 
 
 @pytest.mark.parametrize("parser", PARSERS)
+def test_a_refused_head_is_read_by_a_client_that_sends_it_whole(
+    front: Callable[..., Front], parser: str
+) -> None:
+    # The client writes all of its 4 MB head before it reads: the answer must still be
+    # there (the connection lingers and drops what comes), not lost to a reset.
+    server = serve(front, parser)
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Huge: " + b"a" * (4 << 20) + b"\r\n\r\n"
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+            sock.sendall(head)  # a reset would fail here or in the reads below
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+            assert statuses(received) == [431]
+    assert server.get().status_code == 200
+
+
+@pytest.mark.parametrize("parser", PARSERS)
 def test_a_pipelined_oversized_head_is_refused(front: Callable[..., Front], parser: str) -> None:
     server = serve(front, parser)
     huge = b"GET /" + b"a" * (2 << 20) + b" HTTP/1.1\r\nHost: x\r\n\r\n"

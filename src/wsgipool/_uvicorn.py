@@ -19,6 +19,7 @@ Everything else is uvicorn's own behaviour.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any, ClassVar
@@ -28,6 +29,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ._edge import EdgeSettings, HeadScanner, small_head
 from ._guard import LOG_EVERY, Refusal
+from ._linger import LINGER_BYTES, LINGER_GAP, LINGER_TIME_SLOW
 
 _TIMED_OUT = Refusal(408, "header_timeout", "the request head took too long")
 _TOO_MANY = Refusal(503, "max_connections", "too many open connections")
@@ -52,6 +54,9 @@ class EdgeMixin:
         self.head_deadline: float | None = None  # loop time the head must be complete by
         self.head_timer: asyncio.TimerHandle | None = None
         self.refused = False
+        self.linger_until: float | None = None  # set once a refused connection lingers
+        self.linger_heard = 0.0
+        self.lingered = 0
 
     def between_messages(self) -> bool:
         """The next byte received starts a request head."""
@@ -78,6 +83,8 @@ class EdgeMixin:
 
     def data_received(self, data: bytes) -> None:
         if self.refused:
+            if self.linger_until is not None:
+                self.lingering(data)
             return
         if self.scanner is None and self.between_messages():
             if small_head(data, self.edge.limits):  # the usual case: nothing to count
@@ -161,16 +168,50 @@ class EdgeMixin:
         super().send_400_response(msg)  # type: ignore[misc]
 
     def refuse(self, found: Refusal) -> None:
-        """Answer ``found`` and close the connection; nothing more of it is read."""
+        """Answer ``found`` and close the connection; what more comes is dropped."""
         self.refused = True
         self.disarm()
         if found.status in (408, 503):
             self.edge.refusals.closed(found.reason, found.detail, self.client)
         else:
             self.edge.refusals.refused(found, self.client)
-        if self.cycle is None or self.cycle.response_complete:  # else it would interleave
-            self.transport.write(found.response())
-        self.transport.close()
+        if not (self.cycle is None or self.cycle.response_complete):
+            self.transport.close()  # a refusal never interleaves with a response
+            return
+        self.transport.write(found.response())
+        if found is _TOO_MANY:
+            self.transport.close()  # shed at once: this connection must not stay
+        else:
+            self.linger()
+
+    def linger(self) -> None:
+        """Close once the client stops sending, not before: a close with its bytes still
+        unread would be a reset, and the client would lose the answer (see _linger)."""
+        transport = self.transport
+        if transport.can_write_eof():
+            transport.write_eof()  # the answer, then FIN
+        with contextlib.suppress(Exception):
+            transport.resume_reading()
+        self.lingered = 0
+        self.linger_until = self.loop.time() + LINGER_TIME_SLOW
+        self.linger_heard = self.loop.time()
+        self.loop.call_later(LINGER_GAP, self.linger_check)
+
+    def lingering(self, data: bytes) -> None:
+        """Bytes of a refused connection: dropped, within the bounds."""
+        self.lingered += len(data)
+        self.linger_heard = self.loop.time()
+        if self.lingered > LINGER_BYTES:
+            self.transport.close()
+
+    def linger_check(self) -> None:
+        now, until = self.loop.time(), self.linger_until
+        if self.transport.is_closing() or until is None:
+            return
+        if now >= until or now - self.linger_heard >= LINGER_GAP:
+            self.transport.close()
+            return
+        self.loop.call_at(min(until, self.linger_heard + LINGER_GAP), self.linger_check)
 
 
 class EdgeH11Protocol(EdgeMixin, H11Protocol):
