@@ -175,3 +175,26 @@ def test_many_slow_clients_cost_the_front_bounded_memory(
         assert spool_files(tmp_path)  # the responses wait on disk, not in memory
     assert peak.growth < 64 * MiB, f"the front grew by {peak.growth / MiB:.1f} MiB"
     assert app.stats().restarts == {}
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_a_hundred_slow_readers_cost_the_front_under_64_mib(
+    serve: Any, http: str, tmp_path: Path
+) -> None:
+    # With the default memory budget (32 MiB), what each slow reader holds beyond it must
+    # stay small: not the first pipe read of its response, not a large coalesced message.
+    app = WsgiToAsgi("apps:download", workers=2, buffer_dir=str(tmp_path), client_timeout=20)
+    with serve(app, http=http) as server, ExitStack() as stack:
+        assert httpx.get(server.url + "/?mib=1", timeout=10).status_code == 200
+        with PeakRSS() as peak:
+            for _ in range(100):
+                reader = stack.enter_context(connect(server.port, rcvbuf=4096))
+                request(reader, "/?mib=4")
+            wait_for(
+                lambda: sum(w.requests for w in app.stats().idle) == 101,
+                timeout=60,
+                what="all 100 responses taken from the workers",
+            )
+            assert httpx.get(server.url + "/?mib=0", timeout=10).status_code == 200
+    assert peak.growth < 64 * MiB, f"the front grew by {peak.growth / MiB:.1f} MiB"
+    assert app.stats().restarts == {}

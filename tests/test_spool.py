@@ -144,3 +144,33 @@ def test_a_merged_body_is_handed_over_whole(tmp_path: Path) -> None:
     fd, offset, size = region
     assert b"".join(chunks) + os.pread(fd, size, offset) == data
     spool.close()
+
+
+def test_get_with_a_limit_splits_a_chunk_and_keeps_the_rest_first(tmp_path: Path) -> None:
+    budget = MemoryBudget(1 << 20)
+    spool = Spool(budget, str(tmp_path))
+    spool.put(b"abcdefgh")
+    spool.put(b"ij")
+    assert (spool.get(3), spool.split) == (b"abc", True)
+    assert (spool.get(3), spool.split) == (b"def", True)
+    assert (spool.get(3), spool.split) == (b"gh", False)
+    assert budget.used == 2  # the first chunk's memory is given back once it is all out
+    assert (spool.get(), spool.size, budget.used) == (b"ij", 0, 0)
+
+
+def test_spilled_chunks_merge_and_are_read_in_pieces(tmp_path: Path) -> None:
+    budget = MemoryBudget(0)
+    spool = Spool(budget, str(tmp_path))
+    fd = spool.spill_file()
+    data = os.urandom(300_000)
+    os.pwrite(fd, data, 0)
+    merged = [spool.adopt(100_000, merge=True) for _ in range(3)]
+    assert merged == [False, True, True]  # one entry for three contiguous chunks
+    assert budget.on_disk == spool.size == 300_000
+    pieces = []
+    while (piece := spool.get(64 * 1024)) is not None:
+        pieces.append(piece)
+    assert b"".join(pieces) == data
+    assert max(map(len, pieces)) == 64 * 1024
+    assert (spool.size, budget.on_disk) == (0, 0)
+    spool.close()

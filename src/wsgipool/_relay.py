@@ -46,12 +46,15 @@ app_log = logging.getLogger("wsgipool.app")
 PATIENCE = 0.05
 END_MESSAGE: dict[str, Any] = {"type": "http.response.body"}
 DISCONNECT = "http.disconnect"
+BODY = "http.response.body"
 CLOSE = (b"connection", b"close")
 #: Largest message made of queued chunks joined together: a slow client holds at most
 #: this much in the server's own write buffer.
 COALESCE = 256 * 1024
 #: ... and only when the front is this far behind: small responses keep their chunks.
 COALESCE_BEHIND = 64 * 1024
+#: Largest message for a client whose response has gone to disk (see Relay._next).
+SLOW_MESSAGE = 64 * 1024
 #: A queued body chunk: the message is built from the spool's next chunk when sent.
 CHUNK = None
 Item = Message | None
@@ -93,17 +96,18 @@ class Relay:
         self._fed = False  # the request body and its EOF are in the worker's pipe
         self._drained: anyio.Event | None = None  # set once a refused body was drained
         self._spill = False  # the worker was asked to write into the spool's spill file
+        self._held = 0  # bytes of the last message sent, counted in the memory budget
+        self._sending = 0  # ... of the message being sent, likewise
 
     async def run(self, more: bool, received: int, body: Spool | None) -> None:
         """Relay the response; every way out ends the lease."""
         try:
-            frames: list[proto.Frame] = []
-            if body is None and not more:
-                frames = await self.lease.read(PATIENCE) or []
-                if self.take(frames):
-                    self.lease.release()  # free before the client has a byte
-                    await self._send_queued()
-                    return
+            # No name holds the first read's frames: their chunks may be held a long time
+            # by a slow client, and only the spool's (counted, bounded) copy must do that.
+            if body is None and not more and self.take(await self.lease.read(PATIENCE) or []):
+                self.lease.release()  # free before the client has a byte
+                await self._send_queued()
+                return
             await self._stream(more, received, body)
         except WorkerError as exc:
             await self._fail(exc)
@@ -160,6 +164,16 @@ class Relay:
             return
         self.items.append(CHUNK)
 
+    def _spool_queued(self) -> None:
+        """Body chunks queued by the first read (up to a pipe's worth) move into the
+        spool, where the memory budget counts them, before the response is streamed."""
+        queued, self.items = self.items, deque()
+        for item in queued:
+            if item is not CHUNK and item.get("more_body") and item["type"] == BODY:
+                self._chunk(item["body"])
+            else:
+                self.items.append(item)
+
     def _cut_off(self, exc: SpoolError) -> None:
         log.error("response to %s cut off: %s", self.x.request_line, exc)
         self.x.disconnected = True
@@ -170,8 +184,9 @@ class Relay:
         if self.x.disconnected or self.x.refused:
             return
         self._commit()
-        self.spool.adopt(size)
-        self.items.append(CHUNK)
+        items = self.items
+        if not self.spool.adopt(size, merge=bool(items) and items[-1] is CHUNK):
+            items.append(CHUNK)
 
     def _end(self) -> None:
         if self.x.refused:
@@ -210,30 +225,56 @@ class Relay:
     async def _send_queued(self) -> None:
         while self.items:
             await self.x.deliver(self._next())
+            self._sent()
 
     def _next(self) -> Message:
         """The next message. Chunks already queued behind a chunk (the client or the
         front fell behind) go out as one message of up to ``COALESCE`` bytes: one send
-        instead of many; a client that keeps up still gets one message per chunk."""
+        instead of many; a client that keeps up still gets one message per chunk.
+
+        A message sent may wait in the server's write buffer for as long as the client
+        takes to read it, beyond our spool. So a message larger than ``SLOW_MESSAGE`` is
+        counted in the memory budget until the next one has been sent (the server then
+        has written it, as it takes a message only once its buffer drained), made only while
+        the budget has room and the spool is not on disk; otherwise messages are
+        ``SLOW_MESSAGE`` bytes at most, chunks split to fit. Many slow readers then
+        hold little beyond the budget, however large the app's chunks."""
         item = self.items.popleft()
         if item is not CHUNK:
             return item
-        spool, items = self.spool, self.items
+        spool, items, budget = self.spool, self.items, self.x.budget
         assert spool is not None
-        data = spool.get()
-        assert data is not None
+        roomy = not spool.on_disk and budget.take(COALESCE)
+        limit = None if roomy else SLOW_MESSAGE
+        data = self._take(spool, limit)
         if items and items[0] is CHUNK and spool.size >= COALESCE_BEHIND:
+            most = COALESCE if roomy else SLOW_MESSAGE
             parts, size = [data], len(data)
-            while items and items[0] is CHUNK and size < COALESCE:
+            while items and items[0] is CHUNK and size < most:
                 items.popleft()
-                part = spool.get()
-                assert part is not None
+                part = self._take(spool, None if roomy else most - size)
                 parts.append(part)
                 size += len(part)
             data = b"".join(parts)
+        if roomy:
+            budget.give(COALESCE - len(data))  # what was set aside, less what it holds
+            self._sending = len(data)
         if self._room is not None:
             self._room.set()
         return {"type": "http.response.body", "body": data, "more_body": True}
+
+    def _sent(self) -> None:
+        """A message was taken by the server: the one before it has left its buffer."""
+        self.x.budget.give(self._held)
+        self._held, self._sending = self._sending, 0
+
+    def _take(self, spool: Spool, limit: int | None) -> bytes:
+        """The spool's next chunk, or ``limit`` bytes of it (the rest keeps its place)."""
+        data = spool.get(limit)
+        assert data is not None
+        if spool.split:
+            self.items.appendleft(CHUNK)
+        return data
 
     async def _drain(self) -> None:
         """Send the queue at the client's pace until the response's end; cut a client
@@ -258,6 +299,7 @@ class Relay:
                     await self._drained.wait()
                 scope.deadline = anyio.current_time() + max(pace.begin(), 0)
                 await self.x.deliver(message)
+                self._sent()
                 pace.end(len(message.get("body", b"")))
         if scope.cancelled_caught:
             self.x.disconnected = True
@@ -275,6 +317,7 @@ class Relay:
         self.spool = Spool(x.budget, x.config.buffer_dir)
         lock = self._lock = anyio.Lock()
         try:
+            self._spool_queued()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._feed, lock, more, received, body)
                 pumped = anyio.Event()
@@ -288,6 +331,8 @@ class Relay:
                 tg.cancel_scope.cancel()
         finally:
             self.spool.close()
+            self.x.budget.give(self._held + self._sending)
+            self._held = self._sending = 0
 
     async def _pump(self, pumped: anyio.Event) -> None:
         cap = self.x.config.max_response_buffer or 0
@@ -297,6 +342,7 @@ class Relay:
                 frames = await self.lease.read()
                 assert frames is not None
                 done = self.take(frames)
+                del frames  # not held while the pump waits for the client below
                 self._queued()
                 if not done and not self._spill and self.spool.on_disk:
                     self._ask_to_spill(cap)

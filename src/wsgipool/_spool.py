@@ -24,6 +24,8 @@ MEMORY_PER_SPOOL = 1024 * 1024
 WRITE_AT = 1024 * 1024
 #: The spool's own file, in a chunk's place on disk (its descriptor is opened lazily).
 OWN = -1
+#: Largest chunk that spilled chunks are merged into (see :meth:`Spool.adopt`).
+MERGE_SPILLED = 1024 * 1024
 #: A spool that need not keep chunk boundaries (a request body) joins small chunks up to
 #: this size: a body sent as millions of 1-byte chunks is not millions of objects.
 MERGE_UP_TO = 64 * 1024
@@ -56,9 +58,9 @@ class MemoryBudget:
 class Spool:
     """Chunks in arrival order, in memory first and then in temporary files."""
 
-    __slots__ = ("_budget", "_dir", "_disk", "_fd", "_in_memory", "_memory", "_merge",
+    __slots__ = ("_budget", "_dir", "_disk", "_fd", "_head", "_in_memory", "_memory", "_merge",
                  "_out", "_out_held", "_out_size", "_spill_at", "_spill_fd", "_write_at",
-                 "size")  # fmt: skip
+                 "size", "split")  # fmt: skip
 
     def __init__(
         self, budget: MemoryBudget, directory: str | None = None, merge: bool = False
@@ -76,7 +78,9 @@ class Spool:
         self._out_held = 0  # of those, taken from the budget
         self._spill_fd = -1
         self._spill_at = 0  # where the worker's next chunk lies in the spill file
+        self._head = 0  # bytes of the first chunk in memory already handed out
         self.size = 0  # bytes held, in memory and on disk
+        self.split = False  # the last get() left the rest of its chunk first in line
 
     @property
     def on_disk(self) -> bool:
@@ -162,22 +166,48 @@ class Spool:
                 raise SpoolError(f"cannot make a spill file: {exc}") from exc
         return self._spill_fd
 
-    def adopt(self, size: int) -> None:
-        """The next chunk is the spill file's next ``size`` bytes (the worker wrote them)."""
-        self._disk.append((self._spill_fd, self._spill_at, size))
+    def adopt(self, size: int, merge: bool = False) -> bool:
+        """The spill file's next ``size`` bytes (the worker wrote them) are the next chunk,
+        or, with ``merge``, the end of the last one when it lies just before them (up to
+        ``MERGE_SPILLED``): True if merged. A client far behind cares for bytes, not
+        chunks, and a 64 MiB response is not a thousand entries."""
         self._spill_at += size
         self._budget.on_disk += size
         self.size += size
+        disk = self._disk
+        if merge and disk:
+            fd, offset, held = disk[-1]
+            after = fd == self._spill_fd and offset + held == self._spill_at - size
+            if after and held + size <= MERGE_SPILLED:
+                disk[-1] = (fd, offset, held + size)
+                return True
+        disk.append((self._spill_fd, self._spill_at - size, size))
+        return False
 
-    def get(self) -> bytes | None:
-        """The oldest chunk, or None if the spool is empty."""
+    def get(self, limit: int | None = None) -> bytes | None:
+        """The oldest chunk, or None if the spool is empty. With ``limit``, at most that
+        many of its bytes: the rest stays first in line, and :attr:`split` says so."""
+        self.split = False
         if self._memory:
-            held = self._memory.popleft()
-            chunk = held if type(held) is bytes else bytes(held)
-            self._in_memory -= len(chunk)
-            self._budget.give(len(chunk))
+            held, start = self._memory[0], self._head
+            if limit is not None and len(held) - start > limit:
+                chunk = bytes(held[start : start + limit])
+                self._head += limit
+                self.split = True
+            else:
+                self._memory.popleft()
+                self._head = 0
+                chunk = bytes(held[start:]) if start or type(held) is not bytes else held
+                self._in_memory -= len(held)
+                self._budget.give(len(held))
         elif self._disk:
-            fd, offset, size = self._disk.popleft()
+            fd, offset, size = self._disk[0]
+            if limit is not None and size > limit:
+                self._disk[0] = (fd, offset + limit, size - limit)
+                size = limit
+                self.split = True
+            else:
+                self._disk.popleft()
             self._budget.on_disk -= size  # gone from the count even if it cannot be read
             if fd == OWN:
                 self._flush()
@@ -210,9 +240,11 @@ class Spool:
         spool is empty afterwards but keeps its file open until :meth:`close`. (A request
         body's spool: it has no spill file.)"""
         chunks = list(self._memory)
+        if chunks and self._head:
+            chunks[0] = chunks[0][self._head :]
         self._budget.give(self._in_memory)
         self._memory.clear()
-        self._in_memory = 0
+        self._in_memory = self._head = 0
         region = None
         if self._disk:
             self._flush()
@@ -230,7 +262,7 @@ class Spool:
         """Drop everything held (idempotent); closing the files frees them."""
         self._budget.give(self._in_memory)
         self._memory.clear()
-        self._in_memory = 0
+        self._in_memory = self._head = 0
         self._forget_disk()
         self._out.clear()
         self._out_size = 0
