@@ -523,3 +523,21 @@ def early_or_digest(environ: Environ, start_response: Any) -> Iterable[bytes]:
         return digest(environ, start_response)
     start_response("401 Unauthorized", [("Content-Type", "text/plain")])
     return [b"x" * 65536] * 4
+
+
+def pieces_download(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """``?size=N&block=B&seed=S&cl=1|0``: :func:`pattern` bytes, N of them yielded in
+    B-byte pieces, with a Content-Length (``cl=1``, the default) or without."""
+    size, block = int(_q(environ, "size", "0")), int(_q(environ, "block", "65536"))
+    headers = [("Content-Type", "application/octet-stream")]
+    if _q(environ, "cl", "1") == "1":
+        headers.append(("Content-Length", str(size)))
+    start_response("200 OK", headers)
+    return pattern(size, int(_q(environ, "seed", "0")), block)
+
+
+def datapath(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """POST: :func:`digest` of the body; anything else: :func:`pieces_download`."""
+    if environ["REQUEST_METHOD"] == "POST":
+        return digest(environ, start_response)
+    return pieces_download(environ, start_response)
