@@ -71,7 +71,7 @@ class Launcher:
             if self.config.preload:
                 worker = await (await self._template()).fork(worker_id)
             else:
-                worker = WorkerProcess.spawn(worker_id, self.hello(worker_id), self.env())
+                worker = await WorkerProcess.spawn(worker_id, self.hello(worker_id), self.env())
         except BaseException:
             self.free_id(worker_id)
             raise
@@ -120,7 +120,7 @@ class Launcher:
         return self.template
 
     async def start_template(self) -> Template:
-        template = Template.start(self.hello(0), self.env())
+        template = await Template.start(self.hello(0), self.env())
         self.processes.add(template)
         try:
             await template.ready(self.config.startup_timeout)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import anyio
@@ -152,41 +153,33 @@ class WorkerProcess:
         return f"<worker {self.id} pid {self.pid}>"
 
     @classmethod
-    def spawn(
+    async def spawn(
         cls: type[_W],
         worker_id: int,
         hello: proto.Hello,
         env: dict[str, str] | None,
         pass_fds: tuple[int, ...] = (),
     ) -> _W:
-        """Start the process and send HELLO; wait for READY with :meth:`ready`."""
+        """Start the process and send HELLO; wait for READY with :meth:`ready`.
+
+        ``fork`` and ``exec`` run in another thread: ``Popen`` waits until the child has
+        started the new program, milliseconds in which the event loop would serve nobody.
+        That thread is waited for even when the caller is cancelled, so no process is
+        lost, and it is always the same one, which lives as long as the front: a worker
+        asks to be killed when its parent dies (``PR_SET_PDEATHSIG``), and Linux takes
+        the *thread* that forked it for its parent.
+        """
         if os.environ.get(LOADING_ENV):
             raise RuntimeError(
                 "a wsgipool worker tried to start workers of its own while importing the app: "
                 "the main script runs again in each worker, so guard the code that serves "
                 "with `if __name__ == '__main__':`"
             )
-        to_child_r, to_child_w, from_child_r, from_child_w = channel_pipes()
+        started = _SPAWNER.submit(_start_process, env, pass_fds)
+        popen, rfd, wfd = await anyio.to_thread.run_sync(started.result)
+        worker = cls(worker_id, popen, rfd, wfd)  # here: its reader belongs to this loop
         try:
-            popen = subprocess.Popen(
-                [sys.executable, "-u", "-m", "wsgipool._worker", str(os.getpid())],
-                stdin=to_child_r,
-                stdout=from_child_w,
-                close_fds=True,
-                pass_fds=pass_fds,
-                start_new_session=True,  # its own process group: kill it whole
-                env=_worker_env(env),
-            )
-        except BaseException:
-            for fd in (to_child_w, from_child_r):
-                os.close(fd)
-            raise
-        finally:
-            os.close(to_child_r)
-            os.close(from_child_w)
-        worker = cls(worker_id, popen, from_child_r, to_child_w)
-        try:
-            os.write(to_child_w, proto.hello_frame(hello))  # small: fits the empty pipe
+            os.write(wfd, proto.hello_frame(hello))  # small: fits the empty pipe
         except BaseException:
             worker.kill_now()
             raise
@@ -329,6 +322,35 @@ class WorkerProcess:
         self.close_pipes()
         with contextlib.suppress(Exception):
             self.popen.wait(0.5)
+
+
+#: The one thread that starts worker processes (see ``WorkerProcess.spawn``).
+_SPAWNER = ThreadPoolExecutor(1, thread_name_prefix="wsgipool-spawn")
+
+
+def _start_process(
+    env: dict[str, str] | None, pass_fds: tuple[int, ...]
+) -> tuple[subprocess.Popen[bytes], int, int]:
+    """A new ``python -m wsgipool._worker`` and the front's ends of its two pipes."""
+    to_child_r, to_child_w, from_child_r, from_child_w = channel_pipes()
+    try:
+        popen = subprocess.Popen(
+            [sys.executable, "-u", "-m", "wsgipool._worker", str(os.getpid())],
+            stdin=to_child_r,
+            stdout=from_child_w,
+            close_fds=True,
+            pass_fds=pass_fds,
+            start_new_session=True,  # its own process group: kill it whole
+            env=_worker_env(env),
+        )
+    except BaseException:
+        for fd in (to_child_w, from_child_r):
+            os.close(fd)
+        raise
+    finally:
+        os.close(to_child_r)
+        os.close(from_child_w)
+    return popen, from_child_r, to_child_w
 
 
 def resolve_identity(user: str | None, group: str | None) -> tuple[int, int] | None:

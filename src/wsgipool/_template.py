@@ -29,11 +29,11 @@ class Template(WorkerProcess):
     forking = False
 
     @classmethod
-    def start(cls, hello: proto.Hello, env: dict[str, str] | None) -> Template:
+    async def start(cls, hello: proto.Hello, env: dict[str, str] | None) -> Template:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             hello = {**hello, "fork_fd": theirs.fileno()}
-            template = cls.spawn(0, hello, env, pass_fds=(theirs.fileno(),))
+            template = await cls.spawn(0, hello, env, pass_fds=(theirs.fileno(),))
         except BaseException:
             ours.close()
             raise
