@@ -25,6 +25,7 @@ WORKER_ROOM = {
     "wsgipool._loader",
     "wsgipool._logging",  # logging set-up, shared with the front: it imports only logging
     "wsgipool._protocol",
+    "wsgipool._remote",  # an app's exception, pickled for the front
     "wsgipool._titles",
     "wsgipool._types",
     "wsgipool._worker",
