@@ -126,7 +126,7 @@ def test_unpickling_names_only_exceptions_of_modules_already_imported() -> None:
     # The front never imports the app's code, and a pickle can name no other callable.
     import pickle
 
-    from wsgipool._remote import dump, load
+    from wsgipool._wire.remote import dump, load
 
     class Sneaky:
         def __reduce__(self) -> Any:

@@ -381,7 +381,7 @@ def test_tls_client_certificates(front: Callable[..., Front], tmp_path: Path) ->
 
 
 def test_tls_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from wsgipool._cli import main
+    from wsgipool._cli.main import main
 
     assert main(["serve", "apps:pid", "--keyfile", "k.pem"]) == 2
     assert "--keyfile and --ca-certs need --certfile" in capsys.readouterr().err

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from wsgipool._edge import HeadScanner, max_connections_for
-from wsgipool._guard import Limits, Refusals, refusal
+from wsgipool._front.guard import Limits, Refusals, refusal
+from wsgipool._serve.edge import HeadScanner, max_connections_for
 
 
 def scope(**values: Any) -> dict[str, Any]:

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import msgpack
 import pytest
 
-from wsgipool import _protocol as proto
 from wsgipool._errors import ProtocolError
-from wsgipool._protocol import FrameReader
+from wsgipool._wire import frames as proto
+from wsgipool._wire.frames import FrameReader
 
 
 class Pipe:

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from wsgipool._queue import CONGESTED, STARVING, Waiter, WaitQueue
+from wsgipool._pool.queue import CONGESTED, STARVING, Waiter, WaitQueue
 
 pytestmark = pytest.mark.anyio
 

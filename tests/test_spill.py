@@ -279,7 +279,7 @@ def test_many_small_spilled_responses_in_a_row(
 
 def spills_counted(monkeypatch: Any) -> list[int]:
     """How many times the front (in this process) sent a SPILL frame."""
-    from wsgipool import _relay
+    from wsgipool._front import relay as _relay
 
     asked = [0]
     original = _relay.Relay._ask_to_spill

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from apps import open_files_in
-from wsgipool._spool import MEMORY_PER_SPOOL, MemoryBudget, Spool, SpoolError
+from wsgipool._front.spool import MEMORY_PER_SPOOL, MemoryBudget, Spool, SpoolError
 
 
 def drain(spool: Spool) -> list[bytes]:

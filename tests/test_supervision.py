@@ -33,7 +33,7 @@ from asgi_helpers import call_asgi, http_scope
 from support import children_of, pid_alive
 from support import wait_for as eventually
 from wsgipool import AppLoadError, WsgiToAsgi
-from wsgipool._supervisor import supervise
+from wsgipool._pool.supervisor import supervise
 
 APP = "apps:supervised"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -17,26 +18,39 @@ from wsgipool import WsgiToAsgi
 
 pytestmark = pytest.mark.anyio
 
-#: Everything of the package a worker may import (``_worker`` itself runs as __main__).
-WORKER_ROOM = {
-    "wsgipool",
-    "wsgipool._environ",
-    "wsgipool._errors",
-    "wsgipool._loader",
-    "wsgipool._logging",  # logging set-up, shared with the front: it imports only logging
-    "wsgipool._protocol",
-    "wsgipool._remote",  # an app's exception, pickled for the front
-    "wsgipool._titles",
-    "wsgipool._types",
-    "wsgipool._worker",
-    "wsgipool._wsgi",
-}
-FRONT_ONLY = {"anyio", "asyncio", "trio", "sniffio", "wsgipool._front", "wsgipool._pool"}
+#: What of the package a worker may import, by prefix: its own room, the wire, the kernel.
+WORKER_ROOMS = ("wsgipool._worker", "wsgipool._wire")
+KERNEL = {"wsgipool", "wsgipool._errors", "wsgipool._types", "wsgipool._logging",
+          "wsgipool._titles"}  # fmt: skip
+#: Libraries only the front needs.
+FRONT_LIBRARIES = ("anyio", "asyncio", "trio", "sniffio", "uvicorn", "cloudpickle")
+
+
+def outside_the_worker(modules: set[str]) -> list[str]:
+    """The modules a worker must not have loaded."""
+    ours = {name for name in modules if name.partition(".")[0] == "wsgipool"}
+    return sorted(
+        {name for name in ours - KERNEL if not name.startswith(WORKER_ROOMS)}
+        | {name for name in modules if name.partition(".")[0] in FRONT_LIBRARIES}
+    )
+
+
+def test_the_worker_entry_loads_only_its_rooms() -> None:
+    # A fresh interpreter imports what ``python -m wsgipool._worker`` imports.
+    code = (
+        "import json, sys; import wsgipool._worker.main; "
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)  # fmt: skip
+    modules = set(json.loads(out.stdout))
+    assert "wsgipool._worker.main" in modules
+    assert outside_the_worker(modules) == []
 
 
 @pytest.mark.parametrize("preload", [False, True], ids=["spawned", "forked"])
 async def test_worker_has_no_front_modules(anyio_backend: str, preload: bool) -> None:
-    assert {"anyio", "wsgipool._front", "wsgipool._pool"} <= set(sys.modules)  # the front's
+    assert {"anyio", "wsgipool._front.adapter", "wsgipool._pool.pool"} <= set(sys.modules)
     app = WsgiToAsgi("apps:modules", workers=1, preload=preload)
     await app.start()
     try:
@@ -54,7 +68,5 @@ async def test_worker_has_no_front_modules(anyio_backend: str, preload: bool) ->
     else:
         assert seen["ppid"] == os.getpid()
     modules = set(seen["modules"])
-    assert not modules & FRONT_ONLY, sorted(modules & FRONT_ONLY)
-    ours = {name for name in modules if name.split(".")[0] == "wsgipool"}
-    assert ours <= WORKER_ROOM, sorted(ours - WORKER_ROOM)
+    assert outside_the_worker(modules) == []
     assert "apps" in modules

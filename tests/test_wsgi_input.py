@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from wsgipool._wsgi import InputStream
+from wsgipool._worker.wsgi import InputStream
 
 BODY = b"first line\nsecond\n\n\nno newline at the end"
 

@@ -28,19 +28,19 @@ from ._errors import (
 
 if TYPE_CHECKING:
     from ._config import Config as Config
-    from ._front import WsgiToAsgi as WsgiToAsgi
-    from ._front import WsgiToAsgiInstance as WsgiToAsgiInstance
-    from ._stats import PoolStats as PoolStats
-    from ._stats import WorkerInfo as WorkerInfo
+    from ._front.adapter import WsgiToAsgi as WsgiToAsgi
+    from ._front.adapter import WsgiToAsgiInstance as WsgiToAsgiInstance
+    from ._pool.stats import PoolStats as PoolStats
+    from ._pool.stats import WorkerInfo as WorkerInfo
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "Config": "._config",
-    "PoolStats": "._stats",
-    "WorkerInfo": "._stats",
-    "WsgiToAsgi": "._front",
-    "WsgiToAsgiInstance": "._front",
+    "PoolStats": "._pool.stats",
+    "WorkerInfo": "._pool.stats",
+    "WsgiToAsgi": "._front.adapter",
+    "WsgiToAsgiInstance": "._front.adapter",
 }
 
 __all__ = (

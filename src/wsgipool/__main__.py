@@ -1,5 +1,5 @@
 """``python -m wsgipool serve MODULE:APP``."""
 
-from ._cli import run
+from ._cli.main import run
 
 run()

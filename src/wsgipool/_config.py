@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import ConfigError
-from ._guard import Limits
+from ._front.guard import Limits
 
 _UNITS = {
     "": 1,

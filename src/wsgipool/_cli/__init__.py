@@ -1,0 +1,3 @@
+"""The command line, ``wsgipool serve``: flags and ``WSGIPOOL_*`` variables into a
+``Config``, then the server edge. The only room that turns exceptions into exit codes.
+"""

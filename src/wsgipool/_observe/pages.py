@@ -1,0 +1,355 @@
+"""What the front answers about itself, under ``/-/``: probes, metrics, a status page.
+
+* ``health``: ``/-/healthz`` is 200 while the front's event loop runs; ``/-/readyz`` is
+  200 while at least one worker is up (idle or busy) and the pool is not shutting down,
+  else 503. Both bodies are a small JSON summary of the pool.
+* ``metrics``: Prometheus text at ``metrics_path``, from a registry of this adapter's own
+  (several adapters in one process never share or clash), built with prometheus-client.
+* ``status``: ``/-/status``, one HTML page about the workers, for people.
+
+The front answers these itself, never a worker, so they work while every worker is busy.
+Paths are matched below ``root_path``, as the app's own paths are.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .._errors import ConfigError
+from .._front.guard import Refusals
+from .._front.spool import MemoryBudget
+from .._pool.pool import Pool
+from .._pool.stats import PoolStats, WorkerInfo, rss_of
+from .._types import Message, Scope, Send
+
+HEALTH = "/-/healthz"
+READY = "/-/readyz"
+STATUS = "/-/status"
+Answer = tuple[int, str, bytes]
+#: Upper bounds (seconds) of the request latency histogram's buckets.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def observer_for(
+    pool: Pool,
+    label: str,
+    refusals: Refusals | None = None,
+    budget: MemoryBudget | None = None,
+) -> Observer | None:
+    """An observer if the pool's config enables any ``/-/`` endpoint, else None."""
+    config = pool.config
+    if not (config.health or config.metrics or config.status):
+        return None
+    return Observer(
+        pool, label, Refusals() if refusals is None else refusals, budget or MemoryBudget(0)
+    )
+
+
+def relative_path(scope: Scope) -> str:
+    """The request path below ``root_path`` (cut only at a path-segment boundary)."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+        return path[len(root) :] or "/"
+    return path
+
+
+def readiness(stats: PoolStats) -> dict[str, object]:
+    """A small summary of the pool: the body of the probe responses."""
+    return {
+        "workers": len(stats.workers),
+        "idle": len(stats.idle),
+        "busy": len(stats.busy),
+        "starting": stats.starting,
+        "waiting": stats.waiting,
+        "closing": stats.closing,
+        "last_error": stats.last_error,
+    }
+
+
+class Observer:
+    """Answers the ``/-/`` endpoints the config enables and times every other request."""
+
+    def __init__(self, pool: Pool, label: str, refusals: Refusals, budget: MemoryBudget) -> None:
+        config = pool.config
+        self.pool = pool
+        self.label = label
+        self.refusals = refusals
+        self.budget = budget
+        self.started_at = time.time()
+        self.routes: dict[str, Callable[[], Answer]] = {}
+        if config.health:
+            self.routes[HEALTH] = lambda: self.probe(True)
+            self.routes[READY] = lambda: self.probe(self.ready())
+        if config.status:
+            self.routes[STATUS] = self.status_page
+        self.metrics: Metrics | None = None
+        if config.metrics:
+            self.metrics = Metrics(pool, refusals, budget)
+            self.routes[config.metrics_path] = self.metrics.render
+
+    async def answer(self, scope: Scope, send: Send) -> bool:
+        """Answer ``scope`` if its path is one of ours; False lets the app have it."""
+        route = self.routes.get(relative_path(scope))
+        if route is None:
+            return False
+        method = scope.get("method", "GET")
+        status, kind, body = route() if method in ("GET", "HEAD") else (405, "text/plain", b"")
+        headers = [
+            (b"content-type", kind.encode()),
+            (b"content-length", b"%d" % len(body)),
+            (b"cache-control", b"no-store"),
+        ]
+        if status == 405:
+            headers.append((b"allow", b"GET, HEAD"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+        return True
+
+    def timed(self, send: Send) -> Timing | None:
+        """A timing of one response (None without metrics)."""
+        if self.metrics is None:
+            return None
+        return self.metrics.timed(send)
+
+    def ready(self) -> bool:
+        return bool(self.pool.up) and not self.pool.closing
+
+    def probe(self, ok: bool) -> Answer:
+        body = {"status": "ok" if ok else "unavailable", **readiness(self.pool.stats())}
+        return (200 if ok else 503), "application/json", json.dumps(body).encode()
+
+    def status_page(self) -> Answer:
+        return 200, "text/html; charset=utf-8", render_status(self).encode()
+
+
+class Metrics:
+    """Prometheus metrics of one adapter, in a registry of its own."""
+
+    def __init__(self, pool: Pool, refusals: Refusals, budget: MemoryBudget) -> None:
+        try:
+            from prometheus_client import CollectorRegistry, Counter, Histogram
+        except ImportError as exc:
+            raise ConfigError(
+                "metrics=True needs prometheus-client: pip install 'wsgipool[metrics]'"
+            ) from exc
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "wsgipool_requests", "Responses sent, by status class", ["status"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "wsgipool_request_duration_seconds",
+            "Seconds from the request's arrival to the last chunk of its response",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(PoolCollector(pool))
+        self.registry.register(FrontCollector(refusals, budget))
+
+    def timed(self, send: Send) -> Timing:
+        return Timing(self, send)
+
+    def render(self) -> Answer:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+
+
+class Timing:
+    """Counts one response and its latency once its last chunk is sent, or once the call
+    raised (the server then answers 500 or cuts the response off)."""
+
+    __slots__ = ("_metrics", "_send", "_started", "_status", "counted")
+
+    def __init__(self, metrics: Metrics, send: Send) -> None:
+        self._metrics = metrics
+        self._send = send
+        self._started = time.perf_counter()
+        self._status = 0
+        self.counted = False
+
+    async def send(self, message: Message) -> None:
+        await self._send(message)
+        kind = message["type"]
+        if kind == "http.response.start":
+            self._status = int(message["status"])
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            self._count(self._status)
+
+    def failed(self) -> None:
+        self._count(500)
+
+    def _count(self, status: int) -> None:
+        if not self.counted:
+            self.counted = True
+            self._metrics.requests.labels(f"{status // 100}xx").inc()
+            self._metrics.latency.observe(time.perf_counter() - self._started)
+
+
+class PoolCollector:
+    """Reads the pool at scrape time: queue, workers, restarts, memory."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    def describe(self) -> list[Any]:
+        return []  # nothing to check for clashes: the registry is ours alone
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        stats = self.pool.stats()
+        yield GaugeMetricFamily(
+            "wsgipool_queue_depth", "Requests waiting for a free worker", value=stats.waiting
+        )
+        workers = GaugeMetricFamily(
+            "wsgipool_workers", "Worker processes by state", labels=["state"]
+        )
+        workers.add_metric(["idle"], len(stats.idle))
+        workers.add_metric(["busy"], len(stats.busy))
+        workers.add_metric(["starting"], stats.starting)
+        yield workers
+        yield GaugeMetricFamily(
+            "wsgipool_workers_target", "Worker processes the pool keeps up", value=stats.target
+        )
+        restarts = CounterMetricFamily(
+            "wsgipool_worker_restarts", "Workers replaced, by reason", labels=["reason"]
+        )
+        for reason, count in sorted(stats.restarts.items()):
+            restarts.add_metric([reason], count)
+        yield restarts
+        rss = GaugeMetricFamily(
+            "wsgipool_worker_rss_bytes", "Resident memory of each worker", labels=["worker", "pid"]
+        )
+        for worker in stats.workers:
+            size = rss_of(worker.pid)
+            if size is not None:
+                rss.add_metric([str(worker.id), str(worker.pid)], size)
+        yield rss
+
+
+class FrontCollector:
+    """Reads what the front itself counts at scrape time: the requests it refused, the
+    connections it closed, and the bytes of bodies it holds for slow clients."""
+
+    def __init__(self, refusals: Refusals, budget: MemoryBudget) -> None:
+        self.refusals = refusals
+        self.budget = budget
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        requests = CounterMetricFamily(
+            "wsgipool_requests_refused",
+            "Requests refused before the app saw them, by status and reason",
+            labels=["status", "reason"],
+        )
+        for (status, reason), count in sorted(self.refusals.requests.items()):
+            requests.add_metric([str(status), reason], count)
+        yield requests
+        connections = CounterMetricFamily(
+            "wsgipool_connections_closed",
+            "Connections the server closed for slowness or a limit, by reason",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self.refusals.connections.items()):
+            connections.add_metric([reason], count)
+        yield connections
+        held = GaugeMetricFamily(
+            "wsgipool_buffered_bytes",
+            "Bytes of request and response bodies held for slow clients now, by where",
+            labels=["where"],
+        )
+        held.add_metric(["memory"], self.budget.used)
+        held.add_metric(["disk"], self.budget.on_disk)
+        yield held
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="5">
+<title>wsgipool: {app}</title>
+<style>
+body {{ font: 15px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }}
+h1 {{ font-size: 1.4em; }} code {{ background: #f2f2f2; padding: 0 .3em; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: .35em .9em; text-align: right; }}
+th {{ background: #f6f6f6; }} td.state {{ text-align: left; }}
+.idle {{ color: #2a7a2a; }} .busy {{ color: #b36b00; }} .retiring {{ color: #888; }}
+</style></head>
+<body>
+<h1>wsgipool serving <code>{app}</code></h1>
+<p id="summary">Front pid {pid}, up {uptime}: {up} of {target} workers up, {starting} starting,
+{waiting} request(s) waiting{closing}.</p>
+<table id="workers">
+<tr><th>worker</th><th>pid</th><th>state</th><th>requests</th><th>RSS</th><th>uptime</th></tr>
+{rows}
+</table>
+<p id="restarts">Workers replaced: {restarts}.</p>
+<p id="refused">Requests refused: {refused}. Connections closed: {closed}.</p>
+<p id="buffered">Bodies held for slow clients: {memory} in memory, {disk} on disk.</p>
+</body></html>
+"""
+_ROW = (
+    '<tr><td>{id}</td><td>{pid}</td><td class="state {state}">{state}</td>'
+    "<td>{requests}</td><td>{rss}</td><td>{uptime}</td></tr>"
+)
+
+
+def duration(seconds: float) -> str:
+    """``3725`` -> ``"1h 2m 5s"``."""
+    hours, rest = divmod(int(seconds), 3600)
+    parts = [f"{hours}h"] if hours else []
+    if hours or rest >= 60:
+        parts.append(f"{rest // 60}m")
+    parts.append(f"{rest % 60}s")
+    return " ".join(parts)
+
+
+def mebibytes(size: int | None) -> str:
+    return "?" if size is None else f"{size / (1 << 20):.1f} MiB"
+
+
+def _row(worker: WorkerInfo, now: float) -> str:
+    return _ROW.format(
+        id=worker.id,
+        pid=worker.pid,
+        state=worker.state,
+        requests=worker.requests,
+        rss=mebibytes(rss_of(worker.pid)),
+        uptime=duration(now - worker.started_at),
+    )
+
+
+def render_status(observer: Observer) -> str:
+    stats, now = observer.pool.stats(), time.monotonic()
+    rows = [_row(worker, now) for worker in stats.workers]
+    restarts = ", ".join(f"{html.escape(k)}: {v}" for k, v in sorted(stats.restarts.items()))
+    refusals = observer.refusals
+    refused = ", ".join(f"{s} {r}: {n}" for (s, r), n in sorted(refusals.requests.items()))
+    closed = ", ".join(f"{r}: {n}" for r, n in sorted(refusals.connections.items()))
+    return _PAGE.format(
+        app=html.escape(observer.label),
+        pid=os.getpid(),
+        uptime=duration(time.time() - observer.started_at),
+        up=len(stats.workers),
+        target=stats.target,
+        starting=stats.starting,
+        waiting=stats.waiting,
+        closing=", shutting down" if stats.closing else "",
+        rows="\n".join(rows) or '<tr><td colspan="6">no worker is up</td></tr>',
+        restarts=restarts or "none",
+        refused=html.escape(refused or "none"),
+        closed=html.escape(closed or "none"),
+        memory=mebibytes(observer.budget.used),
+        disk=mebibytes(observer.budget.on_disk),
+    )

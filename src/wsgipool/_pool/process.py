@@ -1,0 +1,395 @@
+"""The front's handle on one worker process: spawn, framed pipe I/O, kill, reap.
+
+The pipes are plain non-blocking descriptors driven by ``anyio.wait_readable`` /
+``wait_writable``, so a handle is tied to no event loop: the same pool serves asyncio
+and trio, and survives the loop it was started on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, TypeVar
+
+import anyio
+
+from .._errors import (
+    AppLoadError,
+    ConfigError,
+    ProtocolError,
+    RequestNotSentError,
+    WorkerGoneError,
+    WorkerStartError,
+)
+from .._wire import frames as proto
+from .readers import open_reader
+
+log = logging.getLogger("wsgipool.pool")
+
+PIPE_SIZE = 1024 * 1024
+#: Most pieces given to one ``writev``: Linux refuses more than IOV_MAX (1024) with EINVAL.
+WRITEV_MAX = 512
+#: Longest a half-written frame may wait for the worker to read before it is given up.
+WRITE_STUCK = 60.0
+#: Set in a worker's environment while it imports the app (see ``spawn``).
+LOADING_ENV = "WSGIPOOL_WORKER_LOADING"
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _worker_env(env: dict[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ if env is None else env)
+    # `-m wsgipool._worker` must import this very copy of wsgipool.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+    return env
+
+
+def pipe() -> tuple[int, int]:
+    r, w = os.pipe()
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)  # fewer wake-ups for big bodies
+    return r, w
+
+
+def channel_pipes() -> tuple[int, int, int, int]:
+    """A worker's two pipes, both or neither: ``(to_child_r, to_child_w, from_child_r,
+    from_child_w)``."""
+    to_child_r, to_child_w = pipe()
+    try:
+        from_child_r, from_child_w = pipe()
+    except BaseException:
+        os.close(to_child_r)
+        os.close(to_child_w)
+        raise
+    return to_child_r, to_child_w, from_child_r, from_child_w
+
+
+#: Exit status of a forked worker: its parent is the template, which reaps it.
+EXIT_UNKNOWN = -1000
+
+
+class Child(Protocol):
+    """What the pool needs of a process handle (``subprocess.Popen`` has it)."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+class ForkedChild:
+    """Stands in for ``Popen`` for a worker forked by the preload template."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not _running(self.pid):
+            self.returncode = EXIT_UNKNOWN
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+        while (code := self.poll()) is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
+            time.sleep(0.005)
+        return code
+
+
+def _running(pid: int) -> bool:
+    """Is ``pid`` alive (a zombie waiting for its parent to reap it counts as gone)?"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+_W = TypeVar("_W", bound="WorkerProcess")
+#: Signals that mean "killed from outside", not "the app failed to start".
+_KILLED = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT})
+#: Seconds between SIGTERM and SIGKILL whenever a worker is made to stop.
+KILL_GRACE = 2.0
+
+
+class WorkerProcess:
+    """One worker process and its two pipes: the facts about it, and how to stop it.
+
+    Reads and writes are made by one task at a time: the holder of its lease.
+    """
+
+    def __init__(self, worker_id: int, popen: Child, rfd: int, wfd: int) -> None:
+        os.set_blocking(rfd, False)
+        os.set_blocking(wfd, False)
+        self.id = worker_id
+        self.popen = popen
+        self.pid = popen.pid
+        self.rfd, self.wfd = rfd, wfd
+        #: The preload template it was forked from (compared by identity only).
+        self.template: WorkerProcess | None = None
+        self.reader = open_reader(rfd, f"worker {worker_id}")
+        self.started_at = time.monotonic()
+
+    def __repr__(self) -> str:
+        return f"<worker {self.id} pid {self.pid}>"
+
+    @classmethod
+    async def spawn(
+        cls: type[_W],
+        worker_id: int,
+        hello: proto.Hello,
+        env: dict[str, str] | None,
+        pass_fds: tuple[int, ...] = (),
+    ) -> _W:
+        """Start the process and send HELLO; wait for READY with :meth:`ready`.
+
+        ``fork`` and ``exec`` run in another thread: ``Popen`` waits until the child has
+        started the new program, milliseconds in which the event loop would serve nobody.
+        That thread is waited for even when the caller is cancelled, so no process is
+        lost, and it is always the same one, which lives as long as the front: a worker
+        asks to be killed when its parent dies (``PR_SET_PDEATHSIG``), and Linux takes
+        the *thread* that forked it for its parent.
+        """
+        if os.environ.get(LOADING_ENV):
+            raise RuntimeError(
+                "a wsgipool worker tried to start workers of its own while importing the app: "
+                "the main script runs again in each worker, so guard the code that serves "
+                "with `if __name__ == '__main__':`"
+            )
+        started = _SPAWNER.submit(_start_process, env, pass_fds)
+        popen, rfd, wfd = await anyio.to_thread.run_sync(started.result)
+        worker = cls(worker_id, popen, rfd, wfd)  # here: its reader belongs to this loop
+        try:
+            os.write(wfd, proto.hello_frame(hello))  # small: fits the empty pipe
+        except BaseException:
+            worker.kill_now()
+            raise
+        return worker
+
+    async def ready(self, timeout: float) -> None:
+        """Wait for READY. The app's own failure (or an import slower than ``timeout``) is
+        AppLoadError; a worker killed from outside meanwhile is WorkerStartError."""
+        try:
+            frames = await self.reader.read(timeout)
+        except WorkerGoneError:
+            code = await self.wait(1.0)
+            message = f"worker {self.id} exited during start-up ({describe_exit(code)})"
+            if code is not None and -code in _KILLED:
+                raise WorkerStartError(message) from None
+            raise AppLoadError(message) from None
+        except ProtocolError as exc:
+            raise WorkerStartError(f"worker {self.id}: {exc}") from None
+        if frames is None:
+            raise AppLoadError(f"the app took longer than {timeout:g}s to import (startup_timeout)")
+        first = frames[0]
+        if isinstance(first, proto.Failed):
+            raise AppLoadError(first.message, first.traceback)
+        if not isinstance(first, proto.Ready):
+            raise WorkerStartError(f"expected READY from worker {self.id}, got {first!r:.100}")
+
+    async def write(self, *pieces: bytes | bytearray | memoryview) -> None:
+        """Write whole frames given as pieces (gathered, never joined): cancellable until
+        the first byte is in the pipe, then shielded.
+
+        A frame cut in half would corrupt the stream for every later request, while a frame
+        not started at all is harmless; an idle worker drains its pipe, so the shielded part
+        ends quickly unless the worker is stuck, which ``WRITE_STUCK`` bounds. A worker gone
+        before the first byte is :class:`RequestNotSentError`.
+        """
+        written = self._write_some(pieces, RequestNotSentError)
+        while written is None:
+            await self._wait_writable(RequestNotSentError)  # nothing written: safe to cancel
+            written = self._write_some(pieces, RequestNotSentError)
+        rest = _after(pieces, written)
+        if rest:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(WRITE_STUCK) as scope:
+                while rest:
+                    written = self._write_some(rest, WorkerGoneError)
+                    if written is None:
+                        await self._wait_writable(WorkerGoneError)
+                    else:
+                        rest = _after(rest, written)
+            if scope.cancelled_caught:
+                raise WorkerGoneError(f"worker {self.id} stopped reading its pipe")
+
+    def try_write(self, frame: bytes) -> bool:
+        """Write one small frame whole, now, or not at all: a pipe write of at most
+        ``PIPE_BUF`` bytes is atomic, so it is never cut in half."""
+        if len(frame) > select.PIPE_BUF:
+            raise ValueError(f"{len(frame)} bytes is too much for an atomic write")
+        try:
+            return self._write_some((frame,), WorkerGoneError) is not None
+        except WorkerGoneError:
+            return False  # the reads will say the worker is gone
+
+    async def _wait_writable(self, error: type[WorkerGoneError]) -> None:
+        try:
+            await anyio.wait_writable(self.wfd)
+        except (anyio.ClosedResourceError, OSError, ValueError) as exc:
+            raise error(f"worker {self.id}: pipe closed") from exc
+
+    def _write_some(
+        self, pieces: Sequence[bytes | bytearray | memoryview], error: type[WorkerGoneError]
+    ) -> int | None:
+        try:
+            if len(pieces) == 1:
+                return os.write(self.wfd, pieces[0])
+            return os.writev(self.wfd, pieces[:WRITEV_MAX])  # the rest on the next call
+        except BlockingIOError:
+            return None
+        except OSError as exc:  # EPIPE: the worker is gone
+            raise error(f"worker {self.id}: {exc}") from exc
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def exit_status(self) -> str:
+        """How the process ended, for a log line (``"killed by SIGKILL"``)."""
+        return describe_exit(self.popen.poll())
+
+    def signal_group(self, sig: int) -> None:
+        """Signal the worker and every process it started (its own process group)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(self.pid, sig)
+
+    def close_pipes(self) -> None:
+        """Close both pipes; a request still reading or writing them sees WorkerGoneError."""
+        self.reader.abort(WorkerGoneError(f"worker {self.id} was stopped"))
+        for fd in (self.rfd, self.wfd):
+            if fd < 0:
+                continue
+            with contextlib.suppress(Exception):  # no event loop here: nobody is waiting
+                anyio.notify_closing(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.rfd = self.wfd = -1
+
+    async def wait(self, timeout: float) -> int | None:
+        """Reap the process within ``timeout`` seconds; None if it is still running."""
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while (code := self.popen.poll()) is None and time.monotonic() < deadline:
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return code
+
+    async def terminate(self, grace: float = KILL_GRACE) -> int | None:
+        """SIGTERM the group, SIGKILL it if the worker has not exited ``grace`` s later.
+
+        With ``grace=0`` it is SIGKILL at once. Either way the group gets a final SIGKILL,
+        for whatever the app left running in it.
+        """
+        code = self.popen.poll()
+        if code is None and grace > 0:
+            self.signal_group(signal.SIGTERM)
+            code = await self.wait(grace)
+        if code is None:
+            self.signal_group(signal.SIGKILL)
+            code = await self.wait(5.0)
+        self.signal_group(signal.SIGKILL)
+        return code
+
+    async def stop(self, grace: float) -> int | None:
+        """Close the pipes (the worker exits at EOF); past ``grace``, :meth:`terminate`."""
+        self.close_pipes()
+        code = await self.wait(grace)
+        return code if code is not None else await self.terminate()
+
+    def kill_now(self) -> None:
+        """Synchronous last resort (finalizers, atexit): no waiting, no event loop."""
+        self.signal_group(signal.SIGKILL)
+        self.close_pipes()
+        with contextlib.suppress(Exception):
+            self.popen.wait(0.5)
+
+
+#: The one thread that starts worker processes (see ``WorkerProcess.spawn``).
+_SPAWNER = ThreadPoolExecutor(1, thread_name_prefix="wsgipool-spawn")
+
+
+def _start_process(
+    env: dict[str, str] | None, pass_fds: tuple[int, ...]
+) -> tuple[subprocess.Popen[bytes], int, int]:
+    """A new ``python -m wsgipool._worker`` and the front's ends of its two pipes."""
+    to_child_r, to_child_w, from_child_r, from_child_w = channel_pipes()
+    try:
+        popen = subprocess.Popen(
+            [sys.executable, "-u", "-m", "wsgipool._worker", str(os.getpid())],
+            stdin=to_child_r,
+            stdout=from_child_w,
+            close_fds=True,
+            pass_fds=pass_fds,
+            start_new_session=True,  # its own process group: kill it whole
+            env=_worker_env(env),
+        )
+    except BaseException:
+        for fd in (to_child_w, from_child_r):
+            os.close(fd)
+        raise
+    finally:
+        os.close(to_child_r)
+        os.close(from_child_w)
+    return popen, from_child_r, to_child_w
+
+
+def resolve_identity(user: str | None, group: str | None) -> tuple[int, int] | None:
+    """``(uid, gid)`` for the workers to switch to, or None to keep the front's."""
+    if user is None and group is None:
+        return None
+    import grp
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user) if user is not None else pwd.getpwuid(os.geteuid())
+        gid = grp.getgrnam(group).gr_gid if group is not None else entry.pw_gid
+    except KeyError as exc:
+        raise ConfigError(f"unknown user or group: {exc.args[0]}") from exc
+    if os.geteuid() != 0 and (entry.pw_uid, gid) != (os.geteuid(), os.getegid()):
+        raise ConfigError("user/group need the front to start as root")
+    return entry.pw_uid, gid
+
+
+def _after(
+    pieces: Sequence[bytes | bytearray | memoryview], written: int
+) -> list[bytes | bytearray | memoryview]:
+    """What is left of ``pieces`` once ``written`` bytes of them are in the pipe."""
+    rest: list[bytes | bytearray | memoryview] = []
+    for piece in pieces:
+        if written >= len(piece):
+            written -= len(piece)
+        else:
+            rest.append(memoryview(piece)[written:] if written else piece)
+            written = 0
+    return rest
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code == EXIT_UNKNOWN:
+        return "exit status known only to the preload template"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

@@ -1,0 +1,96 @@
+"""What the server layer of ``wsgipool serve`` checks while a request head arrives.
+
+A :class:`HeadScanner` sees the raw bytes of one request head before the HTTP parser
+does, and refuses it (414/431) as soon as a line or the count of lines is over a limit,
+so a 10 MB header line is never buffered whole. It only counts newlines: the parser
+still decides what the head means, and ``_guard.refusal`` checks the parsed result.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from .._front.guard import Limits, Refusal, Refusals
+
+#: gunicorn's worker_connections default, lowered to fit the descriptor limit.
+MAX_CONNECTIONS = 1000
+#: Seconds a connection gets to send a complete request head (nginx's
+#: client_header_timeout is 60 s, Apache's mod_reqtimeout 20-40 s).
+HEADER_TIMEOUT = 20.0
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    """The server layer's policy and where it counts what it refuses."""
+
+    limits: Limits
+    header_timeout: float | None
+    max_connections: int | None
+    refusals: Refusals
+
+    @functools.cached_property
+    def head_cap(self) -> int | None:
+        """The most bytes a request head may take with every limit at its largest."""
+        limits = self.limits
+        if not (limits.request_line and limits.fields and limits.field_size):
+            return None
+        return limits.request_line + 2 + limits.fields * (limits.field_size + 2) + 2
+
+
+def max_connections_for(open_files: int, workers: int) -> int:
+    """:data:`MAX_CONNECTIONS`, or fewer when the descriptor limit is lower: each worker
+    holds a few descriptors (pipes, its pidfd) and the front needs some of its own."""
+    reserve = 64 + 4 * workers
+    return max(1, min(MAX_CONNECTIONS, open_files - reserve))
+
+
+def small_head(data: bytes, limits: Limits) -> bool:
+    """Does ``data`` begin with a whole head too small to pass any limit? (The usual
+    case, checked with two scans in C; else a :class:`HeadScanner` looks line by line.)"""
+    end = data.find(b"\r\n\r\n")
+    if not 0 < end <= limits.shortest_line:
+        return False
+    return not limits.fields or data.count(b"\n", 0, end) <= limits.fields
+
+
+class HeadScanner:
+    """Counts the lines of one request head as its bytes arrive, from its first byte."""
+
+    __slots__ = ("cr", "done", "limits", "line", "lines")
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.line = 0  # bytes of the current line so far
+        self.cr = False  # the current line's last byte so far is a CR
+        self.lines = 0  # complete lines, the request line first
+        self.done = False  # the blank line that ends the head has been seen
+
+    def feed(self, data: bytes) -> Refusal | None:
+        """Account for ``data``; the refusal once a limit is passed."""
+        start = 0
+        while not self.done:
+            end = data.find(b"\n", start)
+            if end < 0:
+                if len(data) > start:
+                    self.line += len(data) - start
+                    self.cr = data[-1] == 13
+                return self.check(self.line - 1)  # a CR may end it
+            ends_in_cr = data[end - 1] == 13 if end > start else self.cr and self.line > 0
+            length = self.line + end - start - ends_in_cr
+            self.line, self.cr, start = 0, False, end + 1
+            if length == 0:
+                self.done = self.lines > 0  # the blank line; before the request line: ignored
+                continue
+            found = self.check(length)
+            if found is None:
+                self.lines += 1
+                found = self.limits.count_refusal(self.lines - 1)
+            if found is not None:
+                return found
+        return None
+
+    def check(self, length: int) -> Refusal | None:
+        if self.lines == 0:
+            return self.limits.line_refusal(length)
+        return self.limits.field_refusal(length)
