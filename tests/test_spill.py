@@ -284,9 +284,9 @@ def spills_counted(monkeypatch: Any) -> list[int]:
     asked = [0]
     original = _relay.Relay._ask_to_spill
 
-    def ask(self: Any, cap: int) -> None:
-        original(self, cap)
-        asked[0] += bool(self._spill)
+    def ask(self: Any, spool: Any, cap: int) -> None:
+        original(self, spool, cap)
+        asked[0] += bool(self.r.spill)
 
     monkeypatch.setattr(_relay.Relay, "_ask_to_spill", ask)
     return asked

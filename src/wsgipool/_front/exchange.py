@@ -32,7 +32,8 @@ from .._wire import frames as proto
 from .guard import PHRASES, Refusals
 from .intake import BodyRefused, Pace, check_size, first_message, take_body
 from .linger import LINGER_TIME, answer_early, body_may_follow, linger_time
-from .relay import CLOSE, Relay, plain_response
+from .relay import Relay
+from .response import CLOSE, plain_response
 from .spool import MemoryBudget, Spool
 
 log = logging.getLogger("wsgipool.front")
@@ -83,6 +84,11 @@ class Exchange:
         self.refused = 0  # 413 or 408: the front refused the rest of a streamed body
         self.failure: BaseException | None = None  # raised from __call__ once done
         self.pace: Pace | None = None  # the client's pace sending a buffered body
+
+    @property
+    def shares_files(self) -> bool:
+        """May the worker open the front's descriptors? (It runs as the front's user.)"""
+        return self.pool.launcher.identity is None
 
     @property
     def request_line(self) -> str:
