@@ -1,9 +1,9 @@
 """Supervision of the worker processes: spawn, dispatch, queue, recycle, replace, stop.
 
-Every worker is in one :class:`State`, and :meth:`Pool._set_state` is the one place that
-changes it: it keeps the idle list, closes the pipes of a worker that leaves, counts the
-restart and lets a waiting request retry. A request gets a worker as a
-:class:`~wsgipool._pool.lease.Lease` from :meth:`Pool.acquire` and gives it back through it.
+Every worker is in one :class:`State`, and the pool's registry
+(:meth:`~wsgipool._pool.registry.Registry.set_state`) is the one place that changes it.
+A request gets a worker as a :class:`~wsgipool._pool.lease.Lease` from
+:meth:`Pool.acquire` and gives it back through it.
 
 The pool works with or without a host task. Under ASGI lifespan it starts ``workers``
 processes up front and :func:`wsgipool._pool.supervisor.supervise` calls :meth:`Pool.tick`
@@ -36,6 +36,7 @@ from .launch import MAX_BACKOFF, Launcher
 from .lease import Lease
 from .process import KILL_GRACE, WorkerProcess, describe_exit
 from .queue import WaitQueue, Watch
+from .registry import Registry
 from .slot import LIVE, Slot, State
 from .stats import PoolStats, WorkerInfo, rss_of
 
@@ -61,84 +62,33 @@ class Pool:
         self.config = config
         self.target = config.workers
         self.limit = config.max_workers or config.workers
-        self.workers: dict[WorkerProcess, Slot] = {}  # every worker not yet reaped
-        self._idle: list[WorkerProcess] = []  # IDLE workers, most recently used last
-        self._busy = 0  # workers in BUSY: ``size`` is asked on every queued dispatch
-        self._exiting = 0  # workers in EXITING: reap() has work
         self.starting = 0  # start-ups under way (before READY)
         self.closing = False
-        self.restarts: dict[str, int] = {}
         self.waiters = WaitQueue()
         self._processes: set[WorkerProcess] = set()  # workers and templates: the finalizer's
         self._finalizer = weakref.finalize(self, _kill_all, self._processes)
         self.launcher = Launcher(spec, config, self._processes)
+        self.registry = Registry(self.waiters, self._free_id, self._processes)
+        # The registry's own containers, under the names the pool reads them by.
+        self.workers = self.registry.workers  # every worker not yet reaped
+        self.restarts = self.registry.restarts
+        self._idle = self.registry.idle
+        self._set_state = self.registry.set_state
 
     # -- state ----------------------------------------------------------------------
 
-    def _set_state(self, worker: WorkerProcess, state: State, reason: str = "",
-                   grace: float = 0.0) -> None:  # fmt: skip
-        """Move ``worker`` to ``state``; the only place a worker's state changes.
-
-        Leaving for EXITING closes its pipes (it exits at EOF), kills it after ``grace``
-        seconds (at once if 0), frees its id, counts the restart under ``reason`` if one
-        is given, and lets a waiting request retry, since capacity changed.
-        """
-        slot, now = self._slot(worker), time.monotonic()
-        old = slot.state
-        if old is state or old is State.GONE or (old is State.EXITING and state is not State.GONE):
-            return  # no way back: a worker stopped at shutdown is not "crashed" after
-        if old is State.IDLE:
-            idle = self._idle
-            if idle[-1] is worker:  # the usual case: the most recently used one
-                idle.pop()
-            else:
-                idle.remove(worker)
-        elif old is State.EXITING:
-            self._exiting -= 1
-        elif old is State.BUSY:
-            self._busy -= 1
-        slot.state, slot.since = state, now
-        if reason:
-            slot.reason = reason
-        if state is State.IDLE:
-            self._idle.append(worker)
-        elif state is State.BUSY:
-            self._busy += 1
-        elif state is State.RETIRING:
-            self.waiters.wake_one()  # its replacement may start now
-        elif state is State.EXITING:
-            self._exiting += 1
-            if reason:
-                self.restarts[reason] = self.restarts.get(reason, 0) + 1
-            if grace <= 0 and worker.alive():
-                worker.signal_group(signal.SIGKILL)
-            worker.close_pipes()
-            slot.kill_at = now + grace
-            self.launcher.free_id(worker.id)
-            self.waiters.wake_one()
-        elif state is State.GONE:
-            self.workers.pop(worker, None)
-            self._processes.discard(worker)
-
-    def _slot(self, process: WorkerProcess) -> Slot:
-        """The record of ``process`` (a retired template gets one when it leaves)."""
-        slot = self.workers.get(process)
-        if slot is None:
-            slot = self.workers[process] = Slot(since=time.monotonic())
-        return slot
-
-    def _count(self, *states: State) -> int:
-        return sum(1 for slot in self.workers.values() if slot.state in states)
+    def _free_id(self, worker_id: int) -> None:
+        self.launcher.free_id(worker_id)
 
     @property
     def size(self) -> int:
         """Workers that count against ``workers``: alive, not retiring, or on their way up."""
-        return len(self._idle) + self._busy + self.starting
+        return len(self._idle) + self.registry.busy + self.starting
 
     @property
     def up(self) -> int:
         """Workers that can serve or are serving."""
-        return self._count(*LIVE)
+        return self.registry.up
 
     @property
     def waiting(self) -> int:
@@ -362,7 +312,7 @@ class Pool:
     def reap(self) -> None:
         """Collect exited workers and unused old templates; SIGKILL those past their grace."""
         old = self.launcher.old_templates
-        if not (self._exiting or old):
+        if not (self.registry.exiting or old):
             return  # the usual case, on every dispatch
         now = time.monotonic()
         for template in list(old):
@@ -391,7 +341,7 @@ class Pool:
                 self.lost(worker, "died while idle")
             elif 0 < self.workers[worker].expires_at <= now:
                 self.retire(worker, "max_lifetime")
-        extra = self.up - self._count(State.RETIRING) - self.target
+        extra = self.up - self.registry.count(State.RETIRING) - self.target
         for worker in sorted(self._idle, key=lambda w: self.workers[w].since):
             if extra <= 0:
                 break
@@ -418,7 +368,7 @@ class Pool:
             self._offer(new)
             self.retire_after(old, "reload")
         log.info("rolling restart done: %d workers, all new",
-                 self.up - self._count(State.RETIRING))  # fmt: skip
+                 self.up - self.registry.count(State.RETIRING))  # fmt: skip
 
     # -- shutdown -------------------------------------------------------------------
 
@@ -427,7 +377,7 @@ class Pool:
         self.closing = True
         self.waiters.wake_all()
         with anyio.move_on_after(self.config.graceful_timeout):
-            while self._count(State.BUSY, State.RETIRING) or self.starting:
+            while self.registry.count(State.BUSY, State.RETIRING) or self.starting:
                 await anyio.sleep(0.01)
         async with anyio.create_task_group() as tg:
             for worker in list(self.workers):
@@ -439,7 +389,7 @@ class Pool:
                 tg.start_soon(self._stop, template)
 
     async def _stop(self, worker: WorkerProcess) -> None:
-        busy = self._slot(worker).state in (State.BUSY, State.RETIRING)
+        busy = self.registry.slot(worker).state in (State.BUSY, State.RETIRING)
         self._set_state(worker, State.EXITING, grace=KILL_GRACE)
         code = await worker.stop(grace=0.0 if busy else KILL_GRACE)
         self._set_state(worker, State.GONE)

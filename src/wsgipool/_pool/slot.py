@@ -1,6 +1,6 @@
 """The pool's record of one worker: its state, and what it is due for.
 
-A worker's state changes only in ``Pool._set_state``; the process handle
+A worker's state changes only in ``Registry.set_state`` (see registry.py); the process handle
 (:class:`~wsgipool._pool.process.WorkerProcess`) keeps only process facts, and a request's
 own state (deadline, kill) is its lease's.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 
 class State(enum.Enum):
-    """Where a worker is in its life; only ``Pool._set_state`` changes it."""
+    """Where a worker is in its life; only ``Registry.set_state`` (see registry.py) changes it."""
 
     STARTING = "starting"  # spawned, not READY yet
     IDLE = "idle"
