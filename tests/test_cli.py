@@ -21,7 +21,8 @@ import wsgipool
 from support import Front, children_of, free_port, wait_for
 from support import pid_alive as alive
 from wsgipool import Config
-from wsgipool._cli.main import Serving, main, parse
+from wsgipool._cli.main import Serving, main
+from wsgipool._cli.parser import parse
 from wsgipool._config import env_name
 
 TESTS = Path(__file__).parent

@@ -13,7 +13,7 @@ import pytest
 
 from wsgipool._errors import ProtocolError
 from wsgipool._wire import frames as proto
-from wsgipool._wire.frames import FrameReader
+from wsgipool._wire.reader import FrameReader
 
 
 class Pipe:

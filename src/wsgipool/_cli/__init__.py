@@ -1,5 +1,6 @@
 """The command line, ``wsgipool serve``: flags and ``WSGIPOOL_*`` variables into a
-``Config``, then the server edge. The only room that turns exceptions into exit codes.
+``Config`` (``parser``), then the server edge (``main``). The only room that turns
+exceptions into exit codes.
 """
 
 from .main import main as main

@@ -85,6 +85,7 @@ class Responder:
     __slots__ = ("content_length", "headers", "headers_sent", "status", "write")
 
     def __init__(self, write: Callable[[bytes], object]) -> None:
+        """Fresh per response: ``write`` is the worker's (or the front's) own."""
         self.write = write
         self.status: int | None = None
         self.headers: Headers = []
@@ -97,6 +98,7 @@ class Responder:
         response_headers: list[tuple[str, str]],
         exc_info: OptExcInfo | None = None,
     ) -> Callable[[bytes], object]:
+        """PEP 3333's rules, with asgiref's messages: an app moved from asgiref fails alike."""
         if exc_info is not None and exc_info[0] is not None:
             try:
                 if self.headers_sent:
@@ -119,12 +121,14 @@ class InputStream(io.RawIOBase):
     """
 
     def __init__(self, pull: Callable[[], bytes | None]) -> None:
+        """Nothing is pulled yet: a body the app never reads is never fetched."""
         self._pull = pull
         self._chunk = b""
         self._pos = 0
         self._eof = False
 
     def readable(self) -> bool:
+        """``io`` asks before reading; the body is always readable."""
         return True
 
     def _next(self) -> bool:
@@ -139,6 +143,7 @@ class InputStream(io.RawIOBase):
         return True
 
     def _slice(self, size: int) -> bytes:
+        """A whole chunk is handed on as it is; only a part of one is copied."""
         pos = self._pos
         self._pos = pos + size
         if pos == 0 and size >= len(self._chunk):
@@ -146,6 +151,7 @@ class InputStream(io.RawIOBase):
         return self._chunk[pos : pos + size]
 
     def read(self, size: int | None = -1) -> bytes:
+        """Few copies: one slice for a read within a chunk, one join across chunks."""
         if size is None or size < 0:
             size = 1 << 62
         parts: list[bytes] = []
@@ -161,11 +167,13 @@ class InputStream(io.RawIOBase):
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def readinto(self, buffer: Any) -> int:
+        """For ``io.BufferedReader`` and friends, which read into their own buffer."""
         data = self.read(len(memoryview(buffer)))
         memoryview(buffer)[: len(data)] = data
         return len(data)
 
     def readline(self, size: int | None = -1) -> bytes:
+        """Stops at the newline or ``size``, pulling only as many chunks as the line spans."""
         limit = size if size is not None and size >= 0 else 1 << 62
         parts: list[bytes] = []
         while limit:
@@ -183,6 +191,7 @@ class InputStream(io.RawIOBase):
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def readlines(self, hint: int | None = -1) -> list[bytes]:
+        """Over our ``readline``, so no line is read twice; ``hint`` as ``io`` defines it."""
         limit = hint if hint is not None and hint > 0 else 1 << 62  # io: None, <= 0: all
         lines: list[bytes] = []
         total = 0
@@ -194,6 +203,7 @@ class InputStream(io.RawIOBase):
         return lines
 
     def __iter__(self) -> Iterator[bytes]:
+        """Line by line, as PEP 3333 requires of ``wsgi.input``."""
         while line := self.readline():
             yield line
 
@@ -202,13 +212,16 @@ class ErrorStream(io.TextIOBase):
     """``wsgi.errors``: whole lines go to ``emit`` (the front's logging)."""
 
     def __init__(self, emit: Callable[[str], None]) -> None:
+        """``emit`` sends a whole line to the front; a partial one waits here."""
         self._emit = emit
         self._partial = ""
 
     def writable(self) -> bool:
+        """``io`` asks before writing; the stream is always writable."""
         return True
 
     def write(self, text: str) -> int:
+        """Apps write fragments; the front logs whole lines, so only those leave."""
         lines = (self._partial + text).split("\n")
         self._partial = lines.pop()
         for line in lines:
@@ -216,6 +229,7 @@ class ErrorStream(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
+        """An app that flushes wants its partial line seen now."""
         if self._partial:
             self._emit(self._partial)
             self._partial = ""
@@ -228,15 +242,18 @@ class FileWrapper:
     MIN_BLOCK = 256 * 1024
 
     def __init__(self, filelike: Any, blksize: int = 8192) -> None:
+        """A tiny block size would only cost frames and syscalls, so it is raised."""
         self.filelike = filelike
         self.blksize = max(blksize, self.MIN_BLOCK)
 
     def close(self) -> None:
+        """PEP 3333: closing the wrapper closes the file, as the server's close() calls it."""
         close = getattr(self.filelike, "close", None)
         if close is not None:
             close()
 
     def _fd(self) -> int | None:
+        """A regular file's descriptor, for ``pread``; None for anything else."""
         try:
             fd = int(self.filelike.fileno())
             return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
@@ -244,6 +261,8 @@ class FileWrapper:
             return None
 
     def __iter__(self) -> Iterator[bytes]:
+        """A real file by ``pread`` in large blocks (its position kept in step); anything
+        else by ``read``."""
         fd = self._fd()
         if fd is not None:
             offset = self.filelike.tell()
