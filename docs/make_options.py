@@ -35,8 +35,8 @@ _SIZE_UNITS = (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024))
 
 
 def _cli() -> Any:
-    """The CLI module (``wsgipool._cli`` re-exports a function under the same name)."""
-    return importlib.import_module("wsgipool._cli.main")
+    """The CLI module that declares the server options (``wsgipool._cli.parser``)."""
+    return importlib.import_module("wsgipool._cli.parser")
 
 
 def code(text: str) -> str:
