@@ -31,13 +31,13 @@ class Pool:
     def checkout(self, worker: Any) -> None:
         self.checked_out.append(worker)
 
-    def give_back(self, worker: Any) -> None:
+    def unused(self, worker: Any) -> None:
         self.given_back.append(worker)
         if not self.queue.hand(worker, self.checkout):
             self.idle.append(worker)
 
     async def wait(self, delay: float | None = None, watch: Any = None) -> Waiter:
-        return await self.queue.wait(delay, watch, self.give_back)
+        return await self.queue.wait(delay, watch, self.unused)
 
 
 async def queued(queue: WaitQueue, count: int) -> None:
@@ -117,7 +117,7 @@ async def test_a_request_waiting_past_starving_is_served_first_again() -> None:
     got: dict[str, Waiter] = {}
 
     async def request(name: str, since: float | None = None) -> None:
-        got[name] = await queue.wait(None, None, pool.give_back, since)
+        got[name] = await queue.wait(None, None, pool.unused, since)
 
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:

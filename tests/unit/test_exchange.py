@@ -75,11 +75,8 @@ class FakeLease:
         self.endings.append(how)
         self.ended = True
 
-    def release(self) -> None:
-        self._end("release")
-
-    def give_back(self) -> None:
-        self._end("give_back")
+    def release(self, served: bool = True) -> None:
+        self._end("release" if served else "give_back")
 
     def discard(self, reason: str) -> None:
         self._end("discard", reason)

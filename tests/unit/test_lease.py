@@ -150,13 +150,13 @@ async def test_send_writes_whole_frames_through_the_worker(owner, worker) -> Non
     assert not lease.try_send(b"more")
 
 
-@pytest.mark.parametrize("ending", ["release", "give_back", "discard"])
+@pytest.mark.parametrize("ending", ["release", "release unused", "discard"])
 async def test_send_is_refused_once_the_lease_ended(owner, worker, ending: str) -> None:
     lease = make(owner, worker)
     if ending == "discard":
         lease.discard("broken")
     else:
-        getattr(lease, ending)()
+        lease.release(served=ending == "release")
     with pytest.raises(LeaseEndedError):
         lease.send(b"late")  # refused at once, not when awaited
     assert not lease.try_send(b"late")
@@ -172,16 +172,18 @@ async def test_release_tells_the_owner_once_that_the_request_was_served(owner, w
     assert not lease.ended
     lease.release()
     lease.release()
-    lease.give_back()
+    lease.release(served=False)
     lease.discard("too late")
     assert lease.ended
     assert owner.calls == [("release", worker, True)]
 
 
-async def test_give_back_tells_the_owner_once_that_nothing_was_served(owner, worker) -> None:
+async def test_an_unused_release_tells_the_owner_once_nothing_was_served(
+    owner, worker
+) -> None:
     lease = make(owner, worker)
-    lease.give_back()
-    lease.give_back()
+    lease.release(served=False)
+    lease.release(served=False)
     lease.release()
     lease.discard("too late")
     assert owner.calls == [("release", worker, False)]
@@ -192,7 +194,7 @@ async def test_discard_tells_the_owner_once_with_the_reason(owner, worker) -> No
     lease.discard("protocol error")
     lease.discard("again")
     lease.release()
-    lease.give_back()
+    lease.release(served=False)
     assert owner.calls == [("discard", worker, "protocol error")]
 
 

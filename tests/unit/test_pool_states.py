@@ -170,7 +170,7 @@ async def test_served_requests_are_counted_given_back_ones_are_not() -> None:
     lease = await pool.acquire()
     assert lease is not None
     worker = lease.worker
-    lease.give_back()
+    lease.release(served=False)
     assert pool.workers[worker].requests == 0
     for _ in range(3):
         lease = await pool.acquire()

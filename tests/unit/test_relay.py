@@ -127,11 +127,8 @@ class FakeLease:
         self.journal.append(how)
         self.ended = True
 
-    def release(self) -> None:
-        self._end("release")
-
-    def give_back(self) -> None:
-        self._end("give_back")
+    def release(self, served: bool = True) -> None:
+        self._end("release" if served else "give_back")
 
     def discard(self, reason: str) -> None:
         self._end("discard", reason)
@@ -162,7 +159,7 @@ class FakeExchange:
         self.config = Config.from_options({"workers": 1, "buffer_dir": str(tmp_path), **options})
         self.budget = MemoryBudget(8 * 1024 * KIB)
         self.disconnected = False
-        self.refused = 0
+        self.refused_with = 0
         self.failure: BaseException | None = None
         self.refusals = Refusals()
         self.client = ("10.0.0.1", 5000)
@@ -467,7 +464,7 @@ async def test_an_unbuffered_body_past_max_body_size_is_413_after_the_drain(
         async with anyio.create_task_group() as tg:
             tg.start_soon(relay(x, lease).run, True, 5, None)
             await until(lambda: proto.Abort() in lease.frames)
-            assert x.refused == 413
+            assert x.refused_with == 413
             assert x.refusals_counted == [413]
             assert x.delivered == []
             # The app stopped as told; what it had begun is not the answer.

@@ -43,7 +43,7 @@ class Client:
     config: Config
     budget: MemoryBudget
     disconnected: bool = False
-    refused: int = 0
+    refused_with: int = 0
     failure: BaseException | None = None
     request_line: str = "GET /download"
     shares_files: bool = True
@@ -503,7 +503,7 @@ def test_app_errors_respond_after_the_body_began_cuts_the_response() -> None:
 async def test_a_refused_body_is_answered_413_ended_after_the_drain(last: Any) -> None:
     side = client()
     response = Response(side)
-    side.refused = 413
+    side.refused_with = 413
     response.drained = anyio.Event()
     assert response.take([start(200), proto.Body(b"app output"), last]) is True
     assert side.failure is None  # the app's error is the front's 413 now
@@ -516,7 +516,7 @@ async def test_a_refused_body_is_answered_413_ended_after_the_drain(last: Any) -
 
 def test_a_refused_body_without_a_drain_is_answered_at_once() -> None:
     side = client()
-    side.refused = 408
+    side.refused_with = 408
     response = Response(side)
     response.take([start(200), proto.End()])
     first, body = take_all(response)

@@ -56,7 +56,7 @@ class Exchange:
         "pool",
         "receive",
         "refusals",
-        "refused",
+        "refused_with",
         "scope",
         "send",
         "started",
@@ -81,7 +81,7 @@ class Exchange:
         self.send = send
         self.started = False  # http.response.start has gone to the server
         self.disconnected = False  # the client left (or the server refused what we sent)
-        self.refused = 0  # 413 or 408: the front refused the rest of a streamed body
+        self.refused_with = 0  # 413 or 408: the front refused the rest of a streamed body
         self.failure: BaseException | None = None  # raised from __call__ once done
         self.pace: Pace | None = None  # the client's pace sending a buffered body
 
@@ -229,7 +229,7 @@ class Exchange:
                 lease.discard("died while idle")
                 break
             except BaseException:
-                lease.give_back()  # cancelled before the first byte
+                lease.release(served=False)  # cancelled before the first byte
                 raise
         await self.respond(502, "Bad Gateway")
         return None

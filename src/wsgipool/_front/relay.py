@@ -66,7 +66,7 @@ class Relay:
     """Relays one response; the exchange's lease is handed over to it."""
 
     def __init__(self, exchange: RequestSide, lease: Lease) -> None:
-        self.x = exchange
+        self.exchange = exchange
         self.lease = lease
         self.r = Response(exchange)
         self._lock: anyio.Lock | None = None  # streamed: writes and the release take turns
@@ -93,15 +93,15 @@ class Relay:
 
     async def _send_queued(self) -> None:
         while self.r.items:
-            await self.x.deliver(self.r.next())
+            await self.exchange.deliver(self.r.next())
             self.r.sent()
 
     async def _drain(self) -> None:
         """Send the queue at the client's pace until the response's end; cut a client
         slower than Pace allows (one cancel scope, its deadline moved per send)."""
-        pace = Pace(self.x.config)
+        pace = Pace(self.exchange.config)
         with anyio.CancelScope() as scope:
-            while not self.x.disconnected:
+            while not self.exchange.disconnected:
                 if not self.r.items:
                     if self.r.done:
                         return
@@ -117,13 +117,13 @@ class Relay:
                     scope.deadline = math.inf  # the feed's bounds apply (_linger)
                     await self.r.drained.wait()
                 scope.deadline = anyio.current_time() + max(pace.begin(), 0)
-                await self.x.deliver(message)
+                await self.exchange.deliver(message)
                 self.r.sent()
                 pace.end(len(message.get("body", b"")))
         if scope.cancelled_caught:
-            self.x.disconnected = True
-            detail = f"the client reads too slowly ({self.x.request_line}: {pace.why()})"
-            self.x.refusals.closed("slow reader", detail, self.x.client)
+            self.exchange.disconnected = True
+            detail = f"the client reads too slowly ({self.exchange.request_line}: {pace.why()})"
+            self.exchange.refusals.closed("slow reader", detail, self.exchange.client)
 
     # -- worker -> queue ------------------------------------------------------------
 
@@ -145,7 +145,7 @@ class Relay:
             self.r.close()
 
     async def _pump(self, spool: Spool, pumped: anyio.Event) -> None:
-        cap = self.x.config.max_response_buffer or 0
+        cap = self.exchange.config.max_response_buffer or 0
         try:
             while True:
                 frames = await self.lease.read()
@@ -162,7 +162,7 @@ class Relay:
                     async with self._lock:
                         self.lease.release()
                     break
-                while spool.size > cap and not self.x.disconnected:
+                while spool.size > cap and not self.exchange.disconnected:
                     self.lease.pause()  # the client has to catch up first
                     try:
                         await self.r.wait_for_room()
@@ -181,7 +181,7 @@ class Relay:
         of two in the front). Only a worker that runs as the front's user can open the
         file; only once nothing else writes to its pipe; never waiting for room in it."""
         assert self._lock is not None
-        if not self.x.shares_files or not self._fed or self._lock.locked():
+        if not self.exchange.shares_files or not self._fed or self._lock.locked():
             return
         if cap <= spool.size:  # no room left to offer
             return
@@ -197,7 +197,7 @@ class Relay:
 
     async def _feed(self, lock: anyio.Lock, more: bool, size: int, body: Spool | None) -> None:
         """Send the rest of the body, then wait for the client to go away."""
-        x = self.x
+        x = self.exchange
         try:
             if body is not None:
                 await self._send_body(lock, body)
@@ -206,7 +206,7 @@ class Relay:
                         await self.lease.send(proto.EOF_FRAME)
             self._fed = not more
             gone = await self._stream_body(lock, size) if more else False
-            if not x.refused:
+            if not x.refused_with:
                 # receive() returns only once the client has gone, on most servers
                 if not gone and (await x.receive())["type"] != DISCONNECT:
                     return  # a receive that does not wait for the disconnect: nothing to watch
@@ -215,7 +215,7 @@ class Relay:
             await self._client_left(lock)
             if self.r.drained is not None:  # the app is told to stop; the client still sends
                 try:
-                    await drain_body(x.receive, linger_time(x.refused))
+                    await drain_body(x.receive, linger_time(x.refused_with))
                 finally:
                     self.r.drained.set()
         except LeaseEndedError:
@@ -235,9 +235,9 @@ class Relay:
     async def _stream_body(self, lock: anyio.Lock, size: int) -> bool:
         """The rest of a body that is not buffered, to the worker as it comes, at a pace
         the client must keep as for a buffered one; True if the client left meanwhile.
-        The front may refuse the rest (``x.refused``: 413 past ``max_body_size``, 408 for
+        The front may refuse the rest (``x.refused_with``: 413 past ``max_body_size``, 408 for
         a client slower than :class:`Pace` allows); the app is then told to stop."""
-        x, limit = self.x, self.x.config.max_body_size
+        x, limit = self.exchange, self.exchange.config.max_body_size
         pace = x.pace or Pace(x.config)  # counted from the body's first message
         with anyio.CancelScope() as scope:  # its deadline moved per message
             while True:
@@ -267,15 +267,15 @@ class Relay:
         return False
 
     def _refuse(self, exc: BodyRefused) -> None:
-        self.x.refused = exc.status
-        self.x.count_refusal(exc)
+        self.exchange.refused_with = exc.status
+        self.exchange.count_refusal(exc)
         self.r.drained = anyio.Event()
 
     async def _send_body(self, lock: anyio.Lock, body: Spool) -> None:
         """A buffered body: what is in memory over the pipe; what is on disk, by naming
         the spool file, which the worker reads itself (no copy through the front) when it
         runs as the front's user and may open the front's descriptors."""
-        if self.x.shares_files:
+        if self.exchange.shares_files:
             chunks, region = body.hand_over()
             # At most 1 MiB in memory, often in many small pieces: one frame of it.
             pieces = proto.body_frames(b"".join(chunks)) if chunks else []
@@ -295,8 +295,8 @@ class Relay:
             async with lock:
                 if self.lease.ended:
                     return
-                if self.x.disconnected:
-                    self.lease.client_left(self.x.config.abort_grace)
+                if self.exchange.disconnected:
+                    self.lease.client_left(self.exchange.config.abort_grace)
                 await self.lease.send(proto.ABORT_FRAME)
         except WorkerError:
             pass
@@ -304,7 +304,7 @@ class Relay:
     # -- failures -------------------------------------------------------------------
 
     async def _fail(self, exc: WorkerError) -> None:
-        lease, x = self.lease, self.x
+        lease, x = self.lease, self.exchange
         if isinstance(exc, WorkerTimeoutError) and x.disconnected:
             status, text, reason = 504, "Gateway Timeout", "stuck after disconnect"
         elif isinstance(exc, WorkerTimeoutError):

@@ -59,7 +59,7 @@ class ClientSide(Protocol):
     config: Config
     budget: MemoryBudget
     disconnected: bool  # the client left, or was cut off
-    refused: int  # 413 or 408: the front refused the rest of a streamed body
+    refused_with: int  # 413 or 408: the front refused the rest of a streamed body (0: no)
     failure: BaseException | None  # raised from the ASGI call once done
 
     @property
@@ -142,7 +142,7 @@ class Response:
             self.committed = True
 
     def _chunk(self, data: bytes) -> None:
-        if self.client.disconnected or self.client.refused:
+        if self.client.disconnected or self.client.refused_with:
             return
         self._commit()
         if self.spool is None:
@@ -162,7 +162,7 @@ class Response:
     def _adopt(self, size: int) -> None:
         if not self.spill or self.spool is None:
             raise ProtocolError("SPILLED frame from a worker that was not asked to spill")
-        if self.client.disconnected or self.client.refused:
+        if self.client.disconnected or self.client.refused_with:
             return
         self._commit()
         items = self.items
@@ -170,7 +170,7 @@ class Response:
             items.append(CHUNK)
 
     def _end(self) -> None:
-        refused = self.client.refused
+        refused = self.client.refused_with
         if refused:
             self.own(refused, PHRASES[refused])
             return
@@ -193,8 +193,8 @@ class Response:
 
     def _app_failed(self, frame: proto.Error) -> None:
         client = self.client
-        if client.refused:
-            self.own(client.refused, PHRASES[client.refused])
+        if client.refused_with:
+            self.own(client.refused_with, PHRASES[client.refused_with])
         elif client.config.app_errors == "raise":  # the server answers 500, as with asgiref
             client.failure = remote.load(frame.message, frame.pickled, client.shares_files)
         else:

@@ -122,21 +122,16 @@ class Lease:
 
     # -- the ending ------------------------------------------------------------------
 
-    def release(self) -> None:
-        """The request was served: the worker goes back to the pool (or is recycled).
+    def release(self, served: bool = True) -> None:
+        """The worker goes back to the pool (or is recycled); ``served=False``: it never
+        saw the request, and goes back as it was.
 
         Whoever else writes to the worker for this request must be done or hold off
         (see ``Relay``): from here on :meth:`send` refuses.
         """
         if not self.ended:
             self.ended = True
-            self._owner.release(self.worker, True)
-
-    def give_back(self) -> None:
-        """The worker never saw the request: it goes back as it was."""
-        if not self.ended:
-            self.ended = True
-            self._owner.release(self.worker, False)
+            self._owner.release(self.worker, served)
 
     async def kill(self) -> None:
         """Stop the worker now: SIGTERM with a grace if it was late, else SIGKILL."""

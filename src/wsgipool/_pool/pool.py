@@ -245,10 +245,10 @@ class Pool:
         owed = self.size < self.target
         if owed:  # capacity is owed but backing off: retry when the back-off ends
             delay = min(delay or MAX_BACKOFF, max(self.launcher.backing_off(), 0.01))
-        waiter = await self.waiters.wait(delay, watch, self._give_back, since)
+        waiter = await self.waiters.wait(delay, watch, self._unused, since)
         if waiter.left:
             if waiter.worker is not None:
-                self._give_back(waiter.worker)
+                self._unused(waiter.worker)
             return None, True
         if waiter.error is not None:
             raise waiter.error
@@ -256,7 +256,7 @@ class Pool:
             raise OverloadedError("no worker became free within queue_timeout")
         return waiter.worker, False
 
-    def _give_back(self, worker: WorkerProcess) -> None:
+    def _unused(self, worker: WorkerProcess) -> None:
         self.release(worker, served=False)
 
     def _offer(self, worker: WorkerProcess) -> None:

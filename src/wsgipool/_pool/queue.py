@@ -75,12 +75,12 @@ class WaitQueue:
         self,
         delay: float | None,
         watch: Watch | None,
-        give_back: Callable[[WorkerProcess], None],
+        unused: Callable[[WorkerProcess], None],
         since: float | None = None,
     ) -> Waiter:
         """Queue and wait; the returned waiter says how the wait ended.
 
-        ``give_back`` takes a worker handed over just as the waiting task was cancelled;
+        ``unused`` takes back a worker handed over just as the waiting task was cancelled;
         ``since`` is when the request first queued, if it is queueing again.
         """
         waiter = Waiter(since)
@@ -90,7 +90,7 @@ class WaitQueue:
                                                  waiter._set_wake)  # fmt: skip
         except BaseException:
             if waiter.worker is not None:
-                give_back(waiter.worker)
+                unused(waiter.worker)
             raise
         finally:
             if waiter in self._waiters:
