@@ -265,6 +265,22 @@ async def test_a_chunked_body_over_the_limit_in_one_message_is_refused_and_count
 
 
 @HTTP
+def test_a_body_whose_last_piece_crosses_the_limit_is_answered_and_closed_at_once(
+    serve: Any, http: str
+) -> None:
+    # Nothing is left to drain once the last piece came: the front must not wait for
+    # more (a receive() on uvicorn then waits for the client to leave).
+    app = WsgiToAsgi("apps:digest", workers=1, max_body_size=1000)
+    with serve(app, http=http) as server, connect(server.port, timeout=3) as sock:
+        head = b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        sock.sendall(head + b"258\r\n" + b"a" * 600 + b"\r\n")
+        sock.sendall(b"258\r\n" + b"b" * 600 + b"\r\n0\r\n\r\n")
+        reader = Reader(sock)
+        assert reader.response()[0] == 413
+        assert reader.closed()  # within the socket's 3 s, well before a 5 s linger gap
+
+
+@HTTP
 def test_without_buffering_the_app_reads_the_body_as_it_arrives(serve: Any, http: str) -> None:
     app = WsgiToAsgi("apps:line_echo", workers=1, buffer_requests=False)
     first, rest = b"first line\n", b"second line\nthird line\n"

@@ -807,3 +807,63 @@ def test_max_requests_jitter_covers_its_whole_range() -> None:
     app = WsgiToAsgi(APP, workers=1, max_requests=5, max_requests_jitter=1)
     limits = {app.pool.launcher.limits(0.0)[0] for _ in range(200)}
     assert limits == {5, 6}
+
+
+@pytest.mark.anyio
+async def test_a_worker_asked_for_is_kept_even_when_its_caller_is_cancelled() -> None:
+    # fork/exec runs in another thread: once asked for, the process must reach the pool,
+    # or it would live on with its pipes, owned by nobody.
+    from wsgipool._config import Config
+    from wsgipool._pool.launch import Launcher
+    from wsgipool._wire.appspec import describe
+
+    processes: set[Any] = set()
+    launcher = Launcher(describe("apps:hello"), Config.from_options({"workers": 1}), processes)
+    before = children_of(os.getpid())
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        worker = await launcher.create()
+    assert processes == {worker}
+    assert worker.alive()
+    worker.kill_now()
+    eventually(lambda: children_of(os.getpid()) == before, what="the worker reaped")
+
+
+WORKERS_OUTLIVE_THE_MAIN_THREAD = """
+import threading, time, anyio
+from wsgipool._config import Config
+from wsgipool._pool.launch import Launcher
+from wsgipool._pool.process import WorkerProcess
+from wsgipool._wire.appspec import describe
+
+launcher = Launcher(describe("apps:hello"), Config.from_options({"workers": 1}), set())
+
+async def main():
+    first = await WorkerProcess.spawn(1, launcher.hello(1), None)
+    await first.ready(20)
+    await anyio.sleep(1.0)  # the main thread has returned meanwhile
+    second = await WorkerProcess.spawn(2, launcher.hello(2), None)
+    await second.ready(20)
+    print("alive after the main thread ended:", first.alive(), second.alive(), flush=True)
+    first.kill_now()
+    second.kill_now()
+
+thread = threading.Thread(target=anyio.run, args=(main,))
+thread.start()
+time.sleep(0.3)
+"""
+
+
+def test_workers_outlive_the_main_thread_when_the_loop_runs_in_another() -> None:
+    # A worker dies with the thread that started it (PR_SET_PDEATHSIG): that thread must
+    # live as long as the process, not end when the main thread returns.
+    import subprocess
+    import sys
+
+    from support import TESTS, python_env
+
+    done = subprocess.run(
+        [sys.executable, "-c", WORKERS_OUTLIVE_THE_MAIN_THREAD],
+        capture_output=True, text=True, timeout=60, cwd=TESTS, env=python_env(TESTS),
+    )  # fmt: skip
+    assert "alive after the main thread ended: True True" in done.stdout, done.stderr

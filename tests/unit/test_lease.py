@@ -178,9 +178,7 @@ async def test_release_tells_the_owner_once_that_the_request_was_served(owner, w
     assert owner.calls == [("release", worker, True)]
 
 
-async def test_an_unused_release_tells_the_owner_once_nothing_was_served(
-    owner, worker
-) -> None:
+async def test_an_unused_release_tells_the_owner_once_nothing_was_served(owner, worker) -> None:
     lease = make(owner, worker)
     lease.release(served=False)
     lease.release(served=False)

@@ -26,7 +26,7 @@ from .._wire.environ import TooManyHeadersError, cgi_environ, complete_environ
 from .._worker.wsgi import ErrorStream, FileWrapper, Responder
 from .exchange import Exchange
 from .guard import Refusals, refusal
-from .linger import LINGER_TIME, answer_early, body_may_follow
+from .linger import answer_early, linger_before_reading
 from .spool import MemoryBudget
 
 log = logging.getLogger("wsgipool.front")
@@ -142,22 +142,17 @@ async def serve(
     refused = refusal(scope, pool.config.limits)
     if refused is not None:  # hostile or oversized: no worker, no body kept
         refusals.refused(refused, scope.get("client"))
-        await answer_early(send, receive, *refused.messages(), _linger_for(scope))
+        await answer_early(send, receive, *refused.messages(), linger_before_reading(scope))
         return
     try:
         cgi = cgi_environ(scope, duplicate_header_limit)
     except TooManyHeadersError:
-        await answer_early(send, receive, *_TOO_MANY_HEADERS, _linger_for(scope))
+        await answer_early(send, receive, *_TOO_MANY_HEADERS, linger_before_reading(scope))
         return
     exchange = Exchange(pool, budget, refusals, scope, receive, send)
     first = await exchange.first_message(cgi)
     if first is not None and first["type"] == "http.request":  # else: nobody to answer
         await exchange.run(cgi, first)
-
-
-def _linger_for(scope: Scope) -> float:
-    """Seconds to read the body of a request refused before it was read (see _linger)."""
-    return LINGER_TIME if body_may_follow(scope) else 0.0
 
 
 #: asgiref's answer to a header repeated more than ``duplicate_header_limit`` times.

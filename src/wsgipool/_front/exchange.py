@@ -31,7 +31,7 @@ from .._types import Message, Receive, Scope, Send
 from .._wire import frames as proto
 from .guard import PHRASES, Refusals
 from .intake import BodyRefused, Pace, check_size, first_message, take_body
-from .linger import LINGER_TIME, answer_early, body_may_follow, linger_time
+from .linger import NO_LINGER, Linger, answer_early, linger_before_reading, linger_time
 from .relay import Relay
 from .response import CLOSE, plain_response
 from .spool import MemoryBudget, Spool
@@ -134,7 +134,7 @@ class Exchange:
             try:
                 check_size(int(declared), self.config.max_body_size, "Content-Length")
             except BodyRefused as exc:  # unless it waits for 100 Continue, it is coming
-                await self._refuse(exc, LINGER_TIME if body_may_follow(self.scope) else 0)
+                await self._refuse(exc, linger_before_reading(self.scope))
                 return None
         self.pace = Pace(self.config)  # buffered or not, the body must keep moving
         try:
@@ -143,7 +143,7 @@ class Exchange:
             await self._refuse(exc)
             return None
 
-    async def _refuse(self, exc: BodyRefused, linger: float = 0.0) -> None:
+    async def _refuse(self, exc: BodyRefused, linger: Linger = NO_LINGER) -> None:
         """Answer a refused body; with ``linger``, read the rest of it first (see _linger)
         so the client, still sending, reads the answer instead of a reset."""
         self.count_refusal(exc)
@@ -171,7 +171,7 @@ class Exchange:
             try:
                 check_size(len(body), config.max_body_size)
             except BodyRefused as exc:
-                await self._refuse(exc, LINGER_TIME if more else 0)
+                await self._refuse(exc, linger_time(413) if more else NO_LINGER)
                 return
             if not more and config.buffer_requests and "HTTP_TRANSFER_ENCODING" in cgi:
                 cgi["CONTENT_LENGTH"] = str(len(body))  # a chunked body complete at once
@@ -202,7 +202,7 @@ class Exchange:
         try:
             spool = await take_body(self.receive, first, self.config, self.budget, pace)
         except BodyRefused as exc:  # the client is still sending
-            await self._refuse(exc, linger_time(exc.status))
+            await self._refuse(exc, NO_LINGER if exc.whole else linger_time(exc.status))
             return None
         if spool is None:
             return None  # the client left

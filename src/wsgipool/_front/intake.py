@@ -60,16 +60,19 @@ class BodyRefused(Exception):
     """The body was refused before any worker saw it; ``status`` says how to answer and
     ``reason`` names the kind (for the counts), the message says what happened."""
 
-    def __init__(self, status: int, reason: str, detail: str) -> None:
+    def __init__(self, status: int, reason: str, detail: str, whole: bool = False) -> None:
         super().__init__(detail)
         self.status = status
         self.reason = reason
+        self.whole = whole  # the body had all arrived: nothing is left to drain
 
 
-def check_size(size: int, limit: int | None, what: str = "the body") -> None:
-    """The one rule for ``max_body_size``: :class:`BodyRefused` (413) past it."""
+def check_size(size: int, limit: int | None, what: str = "the body", whole: bool = False) -> None:
+    """The one rule for ``max_body_size``: :class:`BodyRefused` (413) past it; ``whole``:
+    the body has all arrived."""
     if limit is not None and size > limit:
-        raise BodyRefused(413, "body too large", f"{what} is over max_body_size ({limit} bytes)")
+        detail = f"{what} is over max_body_size ({limit} bytes)"
+        raise BodyRefused(413, "body too large", detail, whole)
 
 
 async def first_message(receive: Receive, pace: Pace) -> Message:
@@ -98,7 +101,8 @@ async def take_body(
             while True:
                 chunk: bytes = message.get("body", b"")
                 if chunk:
-                    check_size(spool.size + len(chunk), limit)
+                    check_size(spool.size + len(chunk), limit,
+                               whole=not message.get("more_body", False))  # fmt: skip
                     spool.put(chunk)
                 if not message.get("more_body", False):
                     return spool

@@ -11,7 +11,8 @@ request body is read and dropped, and only then is the response completed (which
 when the server closes the connection, now with nothing left unread).
 
 A client that sent ``Expect: 100-continue`` and was refused before it was asked for the
-body does not send it, so nothing lingers for it.
+body sends none of it, unless its server sent ``100 Continue`` on its own as soon as it
+read the head (hypercorn does); so for it the front waits for the body only a short gap.
 """
 
 from __future__ import annotations
@@ -28,33 +29,41 @@ LINGER_TIME_SLOW = 5.0
 LINGER_GAP = 5.0
 #: The most bytes of it read and dropped.
 LINGER_BYTES = 256 * 1024 * 1024
+#: Longest gap when the client may be waiting for a ``100 Continue`` it will not get.
+EXPECT_GAP = 1.0
 END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+#: (seconds, gap) of a drain; (0, 0): none.
+Linger = tuple[float, float]
+NO_LINGER: Linger = (0.0, 0.0)
 
 
-def linger_time(status: int) -> float:
-    """How long the body of a request refused with ``status`` is read and dropped."""
-    return LINGER_TIME_SLOW if status == 408 else LINGER_TIME
+def linger_time(status: int) -> Linger:
+    """How the rest of a body being sent, refused with ``status``, is read and dropped."""
+    return (LINGER_TIME_SLOW if status == 408 else LINGER_TIME), LINGER_GAP
 
 
-def body_may_follow(scope: Scope) -> bool:
-    """Will the client send a body we have not asked for? (A declared one, unless it
-    waits for ``100 Continue``, which a refused request never gets.)"""
-    declared = False
+def linger_before_reading(scope: Scope) -> Linger:
+    """How to drain the body of a request refused before any of it was read: not at
+    all if none was declared, with a short gap if the client waits for ``100 Continue``."""
+    declared = expects = False
     for name, value in scope.get("headers", ()):
         if name == b"expect" and value.strip().lower() == b"100-continue":
-            return False
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            expects = True
+        elif name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
             declared = True
-    return declared
+    if not declared:
+        return NO_LINGER
+    return LINGER_TIME, EXPECT_GAP if expects else LINGER_GAP
 
 
-async def drain_body(receive: Receive, seconds: float = LINGER_TIME) -> int:
+async def drain_body(receive: Receive, linger: Linger) -> int:
     """Read and drop the rest of the request body, within the bounds above; the bytes
     dropped."""
     dropped = 0
+    seconds, most = linger
     with anyio.move_on_after(seconds):
         while dropped <= LINGER_BYTES:
-            with anyio.move_on_after(LINGER_GAP) as gap:
+            with anyio.move_on_after(most) as gap:
                 message = await receive()
             if gap.cancelled_caught or message["type"] != "http.request":
                 break
@@ -65,13 +74,14 @@ async def drain_body(receive: Receive, seconds: float = LINGER_TIME) -> int:
 
 
 async def answer_early(
-    send: Send, receive: Receive, start: Message, body: Message, seconds: float
+    send: Send, receive: Receive, start: Message, body: Message, linger: Linger
 ) -> None:
-    """Send a complete answer; with ``seconds``, drain the body before ending it."""
+    """Send a complete answer; unless ``linger`` is NO_LINGER, drain the body before
+    ending it."""
     await send(start)
-    if not seconds:
+    if linger == NO_LINGER:
         await send(body)
         return
     await send({**body, "more_body": True})
-    await drain_body(receive, seconds)
+    await drain_body(receive, linger)
     await send(END)

@@ -30,7 +30,7 @@ from .._errors import (
 from .._pool.lease import Lease
 from .._types import Message, Receive
 from .._wire import frames as proto
-from .guard import Refusals
+from .guard import PHRASES, Refusals
 from .intake import BodyRefused, Pace, check_size
 from .linger import drain_body, linger_time
 from .response import END_MESSAGE, ClientSide, Response
@@ -213,11 +213,12 @@ class Relay:
                 x.disconnected = True
                 self.r.queued()
             await self._client_left(lock)
-            if self.r.drained is not None:  # the app is told to stop; the client still sends
+            drained = self.r.drained
+            if drained is not None and not drained.is_set():  # the app is told to stop
                 try:
                     await drain_body(x.receive, linger_time(x.refused_with))
                 finally:
-                    self.r.drained.set()
+                    drained.set()
         except LeaseEndedError:
             pass  # the response ended first: the app did not need the rest
         except WorkerError as exc:
@@ -250,7 +251,7 @@ class Relay:
                 more = message.get("more_body", False)
                 size += len(chunk)
                 try:
-                    check_size(size, limit)
+                    check_size(size, limit, whole=not more)
                 except BodyRefused as exc:
                     self._refuse(exc)
                     return False
@@ -267,9 +268,15 @@ class Relay:
         return False
 
     def _refuse(self, exc: BodyRefused) -> None:
+        """Refuse the rest of the body: the answer is queued now (the drain's clock and
+        the client's reading start together), and ended once the rest was drained."""
         self.exchange.refused_with = exc.status
         self.exchange.count_refusal(exc)
         self.r.drained = anyio.Event()
+        if exc.whole:
+            self.r.drained.set()  # nothing more comes
+        self.r.own(exc.status, PHRASES[exc.status])
+        self.r.queued()
 
     async def _send_body(self, lock: anyio.Lock, body: Spool) -> None:
         """A buffered body: what is in memory over the pipe; what is on disk, by naming

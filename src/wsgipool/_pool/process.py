@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
+import queue
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any, Protocol, TypeVar
 
 import anyio
 
@@ -123,6 +126,7 @@ def _running(pid: int) -> bool:
 
 
 _W = TypeVar("_W", bound="WorkerProcess")
+_T = TypeVar("_T")
 #: Signals that mean "killed from outside", not "the app failed to start".
 _KILLED = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT})
 #: Seconds between SIGTERM and SIGKILL whenever a worker is made to stop.
@@ -174,7 +178,8 @@ class WorkerProcess:
                 "with `if __name__ == '__main__':`"
             )
         started = _SPAWNER.submit(_start_process, env, pass_fds)
-        popen, rfd, wfd = await anyio.to_thread.run_sync(started.result)
+        with anyio.CancelScope(shield=True):  # once asked for, the process is ours to keep
+            popen, rfd, wfd = await anyio.to_thread.run_sync(started.result)
         worker = cls(worker_id, popen, rfd, wfd)  # here: its reader belongs to this loop
         try:
             os.write(wfd, proto.hello_frame(hello))  # small: fits the empty pipe
@@ -322,8 +327,41 @@ class WorkerProcess:
             self.popen.wait(0.5)
 
 
-#: The one thread that starts worker processes (see ``WorkerProcess.spawn``).
-_SPAWNER = ThreadPoolExecutor(1, thread_name_prefix="wsgipool-spawn")
+class _Spawner:
+    """The one thread that starts worker processes (see ``WorkerProcess.spawn``).
+
+    A daemon thread of its own rather than an executor's: an executor's threads are
+    joined, and so end, when the main thread finishes, which would kill every worker
+    (their parent thread died) while the loop still serves in another thread.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: Callable[..., _T], *args: Any) -> Future[_T]:
+        future: Future[_T] = Future()
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="wsgipool-spawn", daemon=True
+                )
+                self._thread.start()
+        self._jobs.put((future, functools.partial(job, *args)))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            future, job = self._jobs.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(job())
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+
+_SPAWNER = _Spawner()
 
 
 def _start_process(

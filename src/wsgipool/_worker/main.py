@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     """Set up the process before the app can touch it (descriptors, user, sys.path),
     then import the app and serve; a template forks the workers instead."""
     argv = sys.argv[1:] if argv is None else argv
-    _die_with_parent(int(argv[0]))
+    front_pid = int(argv[0])
+    _die_with_parent(front_pid)
     rfd, wfd = os.dup(0), os.dup(1)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         os.setgroups([])
         os.setgid(options["gid"])
         os.setuid(options["uid"])
+        _die_with_parent(front_pid)  # Linux clears the death signal on a change of user
     sys.path[:] = options["sys_path"]
     level = options.get("log_level", "INFO")
     configure_worker(level)
