@@ -97,12 +97,15 @@ class Exchange:
 
     # -- sending --------------------------------------------------------------------
 
-    async def respond(self, status: int, text: str, *extra: tuple[bytes, bytes]) -> bool:
-        """Answer with a short error response, if nothing was sent yet."""
+    async def respond(
+        self, status: int, text: str, *extra: tuple[bytes, bytes], linger: Linger = NO_LINGER
+    ) -> bool:
+        """Answer with a short error response, if nothing was sent yet; with ``linger``,
+        the rest of the body is drained before it ends (see _linger)."""
         if self.started or self.disconnected:
             return False
-        for message in plain_response(status, text, *extra):
-            await self.deliver(message)
+        await answer_early(self.deliver, self.receive, *plain_response(status, text, *extra),
+                           linger)  # fmt: skip
         return True
 
     async def deliver(self, message: Message) -> None:
@@ -147,10 +150,7 @@ class Exchange:
         """Answer a refused body; with ``linger``, read the rest of it first (see _linger)
         so the client, still sending, reads the answer instead of a reset."""
         self.count_refusal(exc)
-        if self.started or self.disconnected:
-            return
-        start, body = plain_response(exc.status, PHRASES[exc.status], CLOSE)
-        await answer_early(self.deliver, self.receive, start, body, linger)
+        await self.respond(exc.status, PHRASES[exc.status], CLOSE, linger=linger)
 
     def count_refusal(self, exc: BodyRefused) -> None:
         """Count (and, at a rate that cannot flood, log) a body the front refused."""

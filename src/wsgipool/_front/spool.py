@@ -17,6 +17,7 @@ import contextlib
 import os
 import tempfile
 from collections import deque
+from collections.abc import MutableSequence
 
 #: Bytes of one spool kept in memory before it writes to its file.
 MEMORY_PER_SPOOL = 1024 * 1024
@@ -94,11 +95,10 @@ class Spool:
             and self._in_memory + size <= MEMORY_PER_SPOOL
             and self._budget.take(size)
         ):
-            memory = self._memory
-            if self._merge and memory and len(memory[-1]) + size <= MERGE_UP_TO:
-                memory[-1] += chunk  # a bytearray: grown in place
+            if self._merge:
+                _join(self._memory, chunk)
             else:
-                memory.append(bytearray(chunk) if self._merge and size < MERGE_UP_TO else chunk)
+                self._memory.append(chunk)
             self._in_memory += size
         else:
             self._write(chunk)
@@ -108,23 +108,14 @@ class Spool:
         """Queue ``chunk`` for the file; a write call per ``WRITE_AT`` bytes, not per chunk
         (a body arrives in many small pieces)."""
         size = len(chunk)
-        disk, offset = self._disk, self._write_at + self._out_size
-        if self._merge and disk and disk[-1][0] == OWN and disk[-1][2] + size <= WRITE_AT:
-            _, start, held = disk[-1]
-            if start + held == offset:
-                disk[-1] = (OWN, start, held + size)
-            else:
-                disk.append((OWN, offset, size))
-        else:
-            disk.append((OWN, offset, size))
+        offset = self._write_at + self._out_size
+        if not (self._merge and _extend(self._disk, OWN, offset, size, WRITE_AT)):
+            self._disk.append((OWN, offset, size))
         self._budget.on_disk += size
-        out = self._out
-        if self._merge and out and len(out[-1]) + size <= MERGE_UP_TO:
-            if type(out[-1]) is bytes:
-                out[-1] = bytearray(out[-1])
-            out[-1] += chunk
+        if self._merge:
+            _join(self._out, chunk)
         else:
-            out.append(chunk)
+            self._out.append(chunk)
         self._out_size += size
         # What waits to be written is memory too: it counts against the budget.
         if self._budget.take(size):
@@ -171,17 +162,13 @@ class Spool:
         or, with ``merge``, the end of the last one when it lies just before them (up to
         ``MERGE_SPILLED``): True if merged. A client far behind cares for bytes, not
         chunks, and a 64 MiB response is not a thousand entries."""
+        offset = self._spill_at
         self._spill_at += size
         self._budget.on_disk += size
         self.size += size
-        disk = self._disk
-        if merge and disk:
-            fd, offset, held = disk[-1]
-            after = fd == self._spill_fd and offset + held == self._spill_at - size
-            if after and held + size <= MERGE_SPILLED:
-                disk[-1] = (fd, offset, held + size)
-                return True
-        disk.append((self._spill_fd, self._spill_at - size, size))
+        if merge and _extend(self._disk, self._spill_fd, offset, size, MERGE_SPILLED):
+            return True
+        self._disk.append((self._spill_fd, offset, size))
         return False
 
     def get(self, limit: int | None = None) -> bytes | None:
@@ -275,6 +262,29 @@ class Spool:
                     os.close(fd)
         self._fd = self._spill_fd = -1
         self._write_at = self._spill_at = 0
+
+
+def _join(pieces: MutableSequence[bytes | bytearray], chunk: bytes) -> None:
+    """Append ``chunk``, or join it to the last piece (grown in place) while that stays
+    within ``MERGE_UP_TO``: for spools that keep no chunk boundaries."""
+    if pieces and len(pieces[-1]) + len(chunk) <= MERGE_UP_TO:
+        last = pieces[-1]
+        if type(last) is bytes:
+            pieces[-1] = last = bytearray(last)
+        last += chunk  # a bytearray: grown in place
+    else:
+        pieces.append(chunk)
+
+
+def _extend(disk: deque[tuple[int, int, int]], fd: int, offset: int, size: int, most: int) -> bool:
+    """Grow the last region on disk by ``size`` bytes if they lie right after it in the
+    same file and it stays within ``most`` bytes; False if a region of its own is due."""
+    if disk:
+        last_fd, start, held = disk[-1]
+        if last_fd == fd and start + held == offset and held + size <= most:
+            disk[-1] = (fd, start, held + size)
+            return True
+    return False
 
 
 def _temporary_file(directory: str | None) -> int:
