@@ -293,6 +293,13 @@ class Config:
         parse_level,
         rule=LEVEL,
     )
+    hooks: str | None = option(
+        None,
+        "a Python file whose functions named after server hooks (on_starting, "
+        "post_worker_init, pre_request, ...) run at those points (default: the config "
+        "file, when it defines any)",
+        str,
+    )
     health: bool = option(
         False, "answer /-/healthz (the front is up) and /-/readyz (a worker is ready)", parse_bool
     )

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import dataclasses
 import importlib.util
+import logging
 import math
 import os
 import resource
@@ -20,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .. import __version__
-from .._config import Config, cli_flag
+from .._config import Config, cli_flag, env_name
 from .._errors import ConfigError
 from .._front.adapter import WsgiToAsgi
 from .._logging import configure_cli
@@ -28,7 +29,9 @@ from .._serve.edge import MAX_CONNECTIONS, EdgeSettings, max_connections_for
 from .._serve.host import Listener, ServedApp, bind, server_name
 from .._titles import front_title, set_title
 from .._wire.appspec import label
-from .parser import CERT_REQS, parse
+from .parser import CERT_REQS, all_options, parse, shown
+
+log = logging.getLogger("wsgipool.cli")
 
 #: Exit statuses: bad usage or configuration; an address that cannot be bound; the app
 #: failed to start (its own error is in the log).
@@ -58,10 +61,10 @@ class Serving:
             if folder in sys.path:
                 sys.path.remove(folder)
             sys.path.insert(0, folder)
-        names = {f.name for f in dataclasses.fields(Config)}
-        options = {k: v for k, v in vars(args).items() if k in names and v is not None}
         configure_cli(args.log_level)
-        self.app = WsgiToAsgi(args.app, **options)
+        for warning in args.warnings:
+            log.warning("%s", warning)
+        self.app = WsgiToAsgi(args.app, **pool_options(args))
         quiet_repeats()
         tls = tls_options(args)
         if args.header_timeout is not None and args.header_timeout <= 0:
@@ -153,12 +156,38 @@ class Serving:
             listener.close()
 
 
-def flag_message(exc: ConfigError) -> str:
-    """``workers must be ...`` -> ``--workers must be ...``: on the command line, the flag."""
+def pool_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keywords of ``WsgiToAsgi`` among the parsed settings (unset ones computed)."""
+    names = {f.name for f in dataclasses.fields(Config)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def flag_message(exc: ConfigError, sources: dict[str, str] | None = None) -> str:
+    """``workers must be ...`` -> ``--workers must be ...``, named where it was set: the
+    flag, the variable or the config file."""
     text = str(exc)
     if exc.option and text.startswith(exc.option + " "):
+        source = (sources or {}).get(exc.option, "default")
+        if source == env_name(exc.option):
+            return source + text[len(exc.option) :]
+        if source not in ("default", cli_flag(exc.option)):
+            return f"{source}: {text}"
         return cli_flag(exc.option) + text[len(exc.option) :]
     return text
+
+
+def check_config(args: argparse.Namespace) -> int:
+    """``--check-config``: every effective setting and where it came from, one a line."""
+    config = Config.from_options(pool_options(args))  # checks what only the whole can
+    for warning in args.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"app = {args.app}")
+    if args.config:
+        print(f"config = {os.path.abspath(args.config)}")
+    for option in all_options():
+        value = getattr(config, option.name, getattr(args, option.name))
+        print(f"{option.name} = {shown(value)}  # {args.sources[option.name]}")
+    return 0
 
 
 def http_parser(choice: str) -> str:
@@ -190,12 +219,17 @@ def tls_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``wsgipool ...``: the exit status (0 after a clean shutdown)."""
+    args = None
     try:
-        serving = Serving(parse(argv))
+        args = parse(argv)
+        if args.check_config:
+            return check_config(args)
+        serving = Serving(args)
     except SystemExit as exc:  # argparse: --help, or a usage error it has printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     except ConfigError as exc:
-        print(f"wsgipool: error: {flag_message(exc)}", file=sys.stderr)
+        sources = None if args is None else args.sources
+        print(f"wsgipool: error: {flag_message(exc, sources)}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
         print(f"wsgipool: error: {exc.strerror or exc}", file=sys.stderr)

@@ -12,6 +12,7 @@ import dataclasses
 import os
 import re
 import ssl
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ from .._config import (
 from .._errors import ConfigError
 from .._serve.edge import HEADER_TIMEOUT, MAX_CONNECTIONS
 from .._serve.host import parse_binds
+from .configfile import FileSettings, read
 
 #: ``--cert-reqs`` choices and what they mean to ``ssl``.
 CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
@@ -166,8 +168,9 @@ class Many(argparse.Action):
     """A repeatable flag: its first use replaces the default, later ones add to it."""
 
     def __call__(self, parser: Any, namespace: Any, values: Any, option: str | None = None) -> None:
-        previous = getattr(namespace, self.dest)
-        setattr(namespace, self.dest, values if previous is self.default else previous + values)
+        previous = getattr(namespace, self.dest, self.default)
+        first = previous is self.default or previous is argparse.SUPPRESS
+        setattr(namespace, self.dest, values if first else previous + values)
 
 
 def checked(option: Option) -> Callable[[str], Any]:
@@ -182,17 +185,27 @@ def checked(option: Option) -> Callable[[str], Any]:
     return parse_flag
 
 
-def add_option(parser: Any, option: Option, environ: Mapping[str, str]) -> None:
-    """One flag, with the variable's value (checked now) as its default: a flag wins."""
+def add_option(
+    parser: Any,
+    option: Option,
+    environ: Mapping[str, str],
+    file: Mapping[str, Any],
+    suppress: bool = False,
+) -> None:
+    """One flag, with the variable's value (checked now), else the config file's, as its
+    default: a flag wins. ``suppress``: no default at all, to tell which flags were given."""
     env = env_name(option.name)
-    default = option.default
+    default = file.get(option.name, option.default)
     if env in environ:
         try:
             default = option.read(environ[env])
         except ValueError as exc:
             raise ConfigError(f"{env} {exc}") from exc
     text = option.help if "default" in option.help else f"{option.help}; default: {shown(default)}"
-    kwargs: dict[str, Any] = {"default": default, "help": f"{text} [{env}]".replace("%", "%%")}
+    kwargs: dict[str, Any] = {
+        "default": argparse.SUPPRESS if suppress else default,
+        "help": f"{text} [{env}]".replace("%", "%%"),
+    }
     flags = [*([option.short] if option.short else []), cli_flag(option.name)]
     if option.parse is parse_bool:
         flags.append("--no-" + option.name.replace("_", "-"))
@@ -216,9 +229,14 @@ class Parser(argparse.ArgumentParser):
         super().error(f"{match[1]} {match[2]}" if match else message)
 
 
-def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+def build_parser(
+    environ: Mapping[str, str] | None = None,
+    file: Mapping[str, Any] | None = None,
+    suppress: bool = False,
+) -> argparse.ArgumentParser:
     """The environment is read here, so a bad variable is reported before any flag."""
     environ = os.environ if environ is None else environ
+    file = {} if file is None else file
     parser = Parser(
         prog="wsgipool", description="Serve a WSGI app from a pool of worker processes."
     )
@@ -231,21 +249,66 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         "Every option is also read from the environment variable in brackets.",
     )
     serve.add_argument("app", help="the WSGI app as MODULE:ATTRIBUTE, e.g. mysite.wsgi:application")
+    serve.add_argument(
+        "-c", "--config", metavar="FILE", default=environ.get("WSGIPOOL_CONFIG"),
+        help="a Python file setting options by name (below flags and variables), as "
+        "gunicorn.conf.py; its hook functions run too [WSGIPOOL_CONFIG]",
+    )  # fmt: skip
+    serve.add_argument(
+        "--check-config", action="store_true",
+        help="print every effective setting and where it came from, then exit",
+    )  # fmt: skip
     pool = serve.add_argument_group("pool options (also WsgiToAsgi keywords)")
     server = serve.add_argument_group("server options")
     names = {option.name for option in SERVER_OPTIONS}
     for option in all_options():
-        add_option(server if option.name in names else pool, option, environ)
+        add_option(server if option.name in names else pool, option, environ, file, suppress)
     return parser
 
 
-def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    """Flags and environment into a namespace; argparse exits on a usage error."""
-    parser = build_parser()
+def config_path(argv: Sequence[str], environ: Mapping[str, str]) -> str | None:
+    """``-c/--config FILE`` (else ``WSGIPOOL_CONFIG``), found before the other flags are
+    parsed, since the file's values become their defaults."""
+    early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    early.add_argument("-c", "--config")
+    known, _ = early.parse_known_args(list(argv))
+    return known.config or environ.get("WSGIPOOL_CONFIG") or None
+
+
+def sources(argv: Sequence[str], environ: Mapping[str, str], file: FileSettings) -> dict[str, str]:
+    """Where each option's value came from: a flag, its variable, the file, the default."""
+    given = vars(build_parser(environ, suppress=True).parse_known_args(argv)[0])
+    found = {}
+    for option in all_options():
+        if option.name in given:
+            found[option.name] = cli_flag(option.name)
+        elif env_name(option.name) in environ:
+            found[option.name] = env_name(option.name)
+        elif option.name in file.values:
+            found[option.name] = file.path
+        else:
+            found[option.name] = "default"
+    return found
+
+
+def parse(
+    argv: Sequence[str] | None, environ: Mapping[str, str] | None = None
+) -> argparse.Namespace:
+    """Flags, environment and config file into a namespace (with ``sources`` and the
+    file's ``warnings``); argparse exits on a usage error."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    environ = os.environ if environ is None else environ
+    path = config_path(argv, environ)
+    file = FileSettings()
+    if path:
+        file = read(path, {option.name: option for option in all_options()})
+    parser = build_parser(environ, file.values)
     args, unknown = parser.parse_known_args(argv)
     if args.command is None:
         parser.error("choose a command: wsgipool serve MODULE:APP")
     if unknown:  # said by the subcommand, whose usage lists the flags that do exist
         commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.sources = sources(argv, environ, file)
+    args.warnings = file.warnings
     return args

@@ -1,0 +1,81 @@
+"""``wsgipool serve -c FILE``: a Python config file under the variables and the flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wsgipool._cli.main import main
+
+
+def settings(out: str) -> dict[str, tuple[str, str]]:
+    """``--check-config``'s lines as ``{name: (value, source)}``."""
+    found = {}
+    for line in out.splitlines():
+        name, _, rest = line.partition(" = ")
+        value, _, source = rest.partition("  # ")
+        found[name] = (value, source)
+    return found
+
+
+def test_precedence_flags_then_variables_then_file_then_defaults(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = tmp_path / "wsgipool.conf.py"
+    conf.write_text("import os\nworkers = 3\ntimeout = 60\nmax_requests = 10\nbind = [':9000']\n")
+    monkeypatch.setenv("WSGIPOOL_TIMEOUT", "45")
+    code = main(["serve", "-c", str(conf), "apps:hello", "--max-requests", "7", "--check-config"])
+    assert code == 0
+    found = settings(capsys.readouterr().out)
+    assert found["workers"] == ("3", str(conf))
+    assert found["timeout"] == ("45", "WSGIPOOL_TIMEOUT")
+    assert found["max_requests"] == ("7", "--max-requests")
+    assert found["bind"] == (":9000", str(conf))
+    assert found["graceful_timeout"] == ("30", "default")
+    assert found["hooks"] == ("none", "default")  # the file defines no hook
+    assert "os" not in found
+
+
+def test_gunicorn_names_warn_and_carry_over_where_they_can(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(
+        "preload_app = True\nloglevel = 'warning'\naccesslog = '-'\nthreads = 4\n"
+        "worker_class = 'gthread'\nsome_setting_of_ours = 1\n"
+    )
+    assert main(["serve", "-c", str(conf), "apps:hello", "--check-config"]) == 0
+    out, err = capsys.readouterr()
+    found = settings(out)
+    assert found["preload"] == ("on", str(conf))
+    assert found["log_level"] == ("warning", str(conf))
+    assert f"{conf}: gunicorn's preload_app is read as preload; rename it" in err
+    assert f"{conf}: gunicorn's accesslog is ignored; use access_log" in err
+    assert f"{conf}: gunicorn's threads is ignored; use workers, or max_workers" in err
+    assert f"{conf}: gunicorn's worker_class is ignored" in err
+    assert f"{conf}: some_setting_of_ours is not a wsgipool setting; ignored" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("workers = 'three'", "workers must be a whole number, got 'three'"),
+        ("workers = 0", "workers must be at least 1, got 0"),
+        ("preload = 'maybe'", "preload must be true or false, got 'maybe'"),
+        ("workers = 3\nmax_workers = 2", "max_workers must be at least workers (3), got 2"),
+        ("import nowhere_to_be_found", "ModuleNotFoundError: No module named"),
+    ],
+)
+def test_a_bad_value_names_the_file_the_setting_and_what_it_must_be(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    conf = tmp_path / "bad.py"
+    conf.write_text(text + "\n")
+    assert main(["serve", "-c", str(conf), "apps:hello", "--check-config"]) == 2
+    assert f"wsgipool: error: {conf}: {message}" in capsys.readouterr().err
+
+
+def test_a_missing_file_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--config", str(tmp_path / "nope.py"), "apps:hello"]) == 2
+    assert "--config: no such file" in capsys.readouterr().err
