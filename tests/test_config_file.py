@@ -76,6 +76,8 @@ def test_a_bad_value_names_the_file_the_setting_and_what_it_must_be(
     assert f"wsgipool: error: {conf}: {message}" in capsys.readouterr().err
 
 
-def test_a_missing_file_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_missing_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["serve", "--config", str(tmp_path / "nope.py"), "apps:hello"]) == 2
     assert "--config: no such file" in capsys.readouterr().err

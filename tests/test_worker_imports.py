@@ -21,7 +21,7 @@ pytestmark = pytest.mark.anyio
 #: What of the package a worker may import, by prefix: its own room, the wire, the kernel.
 WORKER_ROOMS = ("wsgipool._worker", "wsgipool._wire")
 KERNEL = {"wsgipool", "wsgipool._errors", "wsgipool._types", "wsgipool._logging",
-          "wsgipool._titles"}  # fmt: skip
+          "wsgipool._titles", "wsgipool._hooks"}  # fmt: skip
 #: Libraries only the front needs.
 FRONT_LIBRARIES = ("anyio", "asyncio", "trio", "sniffio", "uvicorn", "cloudpickle")
 

@@ -55,6 +55,8 @@ class Launcher:
         }
         if self.identity is not None:
             hello["uid"], hello["gid"] = self.identity
+        if self.config.hooks:
+            hello["hooks"] = os.path.abspath(self.config.hooks)
         return hello
 
     def env(self) -> dict[str, str] | None:

@@ -32,6 +32,7 @@ from .._errors import (
     WorkerStartError,
 )
 from .._wire.appspec import AppSpec
+from .hooks import FrontHooks
 from .launch import MAX_BACKOFF, Launcher
 from .lease import Lease
 from .process import KILL_GRACE, WorkerProcess, describe_exit
@@ -74,6 +75,7 @@ class Pool:
         self.restarts = self.registry.restarts
         self._idle = self.registry.idle
         self._set_state = self.registry.set_state
+        self.hooks = FrontHooks(self, spec, config)
 
     # -- state ----------------------------------------------------------------------
 
@@ -167,6 +169,7 @@ class Pool:
         """Start ``workers`` processes; if one cannot load the app, the start fails (the
         error says why, with the app's traceback; nothing is retried)."""
         self.closing = False
+        self.hooks.run("on_starting")
         errors: list[Exception] = []
         async with anyio.create_task_group() as tg:
             for _ in range(self.target - self.size):
@@ -176,6 +179,8 @@ class Pool:
             if isinstance(first, AppLoadError) and first.traceback:
                 log.error("the app failed to import:\n%s", first.traceback.rstrip())
             raise first
+        self.hooks.workers = self.up
+        self.hooks.run("when_ready")
 
     async def spawn_idle(self, errors: list[Exception] | None = None) -> None:
         """Start a worker for the pool (not for a request); the supervisor's replacement."""
@@ -328,6 +333,7 @@ class Pool:
                 self._set_state(worker, State.GONE)
                 log.info("worker %d (pid %d) exited (%s)", worker.id, worker.pid,
                          describe_exit(code))  # fmt: skip
+                self.hooks.child_exit(worker.id, worker.pid, code)
             elif now >= slot.kill_at:
                 worker.signal_group(signal.SIGKILL)
 
@@ -348,6 +354,8 @@ class Pool:
             if now - self.workers[worker].since >= self.config.idle_timeout:
                 self.retire(worker, "idle")
                 extra -= 1
+        if not self.closing:
+            self.hooks.count(self.up)
         if self.launcher.backing_off() > 0 or self.closing:
             return 0
         return max(self.target - self.size, 0)
@@ -358,6 +366,7 @@ class Pool:
         Each new worker is ready before an old one is retired; if the new code fails to
         import, the old workers keep serving and the app's error is raised.
         """
+        self.hooks.run("on_reload")
         if self.config.preload:  # new code comes from a new template
             await self.launcher.new_template()
         for old in sorted(self.workers, key=lambda w: w.id):
@@ -387,6 +396,7 @@ class Pool:
         async with anyio.create_task_group() as tg:
             for template in templates:
                 tg.start_soon(self._stop, template)
+        self.hooks.run("on_exit")
 
     async def _stop(self, worker: WorkerProcess) -> None:
         busy = self.registry.slot(worker).state in (State.BUSY, State.RETIRING)
@@ -394,6 +404,7 @@ class Pool:
         code = await worker.stop(grace=0.0 if busy else KILL_GRACE)
         self._set_state(worker, State.GONE)
         log.info("worker %d (pid %d) stopped (%s)", worker.id, worker.pid, describe_exit(code))
+        self.hooks.child_exit(worker.id, worker.pid, code)
 
     def kill_all(self) -> None:
         """Synchronous emergency stop (no event loop needed)."""

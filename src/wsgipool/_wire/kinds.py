@@ -44,6 +44,7 @@ class Hello(_HelloRequired, total=False):
     uid: int
     gid: int
     fork_fd: int  # preload: the template's end of the fork socket
+    hooks: str  # the file of the server hooks, which the worker loads itself
 
 
 class HelloFrame(NamedTuple):

@@ -22,6 +22,7 @@ from .._titles import set_title
 from .._wire.appspec import app_traceback, label, load
 from .._wire.frames import FAILED, READY, Hello, HelloFrame, fork_reply, pack, read_fork_request
 from .channel import Channel
+from .hooks import WorkerHooks
 from .serve import Worker
 
 
@@ -72,13 +73,40 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(3) from None
     del os.environ["WSGIPOOL_WORKER_LOADING"]
     after_app_import(level)  # a root handler only if the app's framework set up none
+    worker_id = None if "fork_fd" in options else options["worker_id"]
+    hooks = _start_hooks(channel, None, options, worker_id)
     if "fork_fd" in options:
-        run_template(channel, app, options)
+        run_template(channel, app, options, hooks)
+    _serve(channel, app, hooks)
+
+
+def _start_hooks(
+    channel: Channel, hooks: WorkerHooks | None, options: Hello, worker_id: int | None
+) -> WorkerHooks:
+    """Load the hooks file and, in a worker (not the template), run ``post_worker_init``;
+    a failure of either is the worker's failure to start, sent as such."""
+    try:
+        if hooks is None:
+            hooks = WorkerHooks(options.get("hooks"))
+        if worker_id is not None:
+            hooks.started(worker_id, label(options["app"]))
+    except Exception as exc:
+        where = "post_worker_init" if worker_id is not None else "loading the hooks"
+        channel.send(pack(FAILED, f"{where} failed: {exc!r}", traceback.format_exc()))
+        raise SystemExit(3) from None
+    return hooks
+
+
+def _serve(channel: Channel, app: Any, hooks: WorkerHooks) -> None:
+    """Ready; serve until the front closes the pipe, then ``worker_exit``."""
     channel.send(pack(READY, os.getpid()))
-    Worker(channel, app).serve_forever()
+    try:
+        Worker(channel, app, hooks).serve_forever()
+    finally:
+        hooks.run("worker_exit")
 
 
-def run_template(channel: Channel, app: Any, options: Hello) -> None:
+def run_template(channel: Channel, app: Any, options: Hello, hooks: WorkerHooks) -> None:
     """Preload mode: the app is imported; fork a worker for each request of the front."""
     sock = socket.socket(fileno=options["fork_fd"])
     signal.signal(signal.SIGCHLD, _reap_children)
@@ -96,7 +124,7 @@ def run_template(channel: Channel, app: Any, options: Hello) -> None:
                 sock.close()
                 for fd in (channel.rfd, channel.wfd):
                     os.close(fd)
-                _serve_forked(app, fds[0], fds[1], worker_id, options)
+                _serve_forked(app, fds[0], fds[1], worker_id, options, hooks)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
             except BaseException:
@@ -120,7 +148,9 @@ def _reap_children(signum: int, frame: object) -> None:
         pass
 
 
-def _serve_forked(app: Any, rfd: int, wfd: int, worker_id: int, options: Hello) -> None:
+def _serve_forked(
+    app: Any, rfd: int, wfd: int, worker_id: int, options: Hello, hooks: WorkerHooks
+) -> None:
     """In a fork of the template: become what a spawned worker is, on the pipes the
     front sent, with the app already imported."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -128,5 +158,5 @@ def _serve_forked(app: Any, rfd: int, wfd: int, worker_id: int, options: Hello) 
     _die_with_parent(os.getppid())
     set_title(f"wsgipool: worker {worker_id} [{label(options['app'])}]")
     channel = Channel(rfd, wfd)
-    channel.send(pack(READY, os.getpid()))
-    Worker(channel, app).serve_forever()
+    _start_hooks(channel, hooks, options, worker_id)
+    _serve(channel, app, hooks)

@@ -15,6 +15,7 @@ from .._wire.environ import complete_environ
 from .._wire.frames import END_FRAME, ERROR, LOG, Request, body_frames, pack, start_frame
 from .._wire.remote import dump
 from .channel import Channel
+from .hooks import WorkerHooks
 from .wsgi import (
     ClientDisconnected,
     ErrorStream,
@@ -31,10 +32,11 @@ FLUSH_AT = 256 * 1024
 class Worker:
     """Runs requests against the app and streams the results into the channel."""
 
-    def __init__(self, channel: Channel, app: Any) -> None:
+    def __init__(self, channel: Channel, app: Any, hooks: WorkerHooks | None = None) -> None:
         """The app is imported already; the worker only ever serves this one."""
         self.channel = channel
         self.app = app
+        self.hooks = WorkerHooks(None) if hooks is None else hooks
         self.responder = Responder(self.write)
         self.sent = 0
         self.errors = ErrorStream(self.emit_log)  # one per worker: it only holds a partial line
@@ -60,6 +62,7 @@ class Worker:
         environ = complete_environ(cgi, InputStream(channel.pull_body), self.errors, FileWrapper)
         result: Iterable[bytes] | None = None
         failure = None
+        self.hooks.run("pre_request", environ)
         try:
             try:
                 result = self.app(environ, responder.start_response)
@@ -79,6 +82,7 @@ class Worker:
             channel.send(END_FRAME)
         else:
             self.fail(environ, failure)
+        self.hooks.run("post_request", environ, responder.status)
 
     def close(self, result: Iterable[bytes]) -> None:
         """A failing ``close()`` is logged: the response itself may be complete."""
