@@ -17,6 +17,7 @@ from typing import Any
 
 from ._errors import ConfigError
 from ._front.guard import Limits
+from ._front.proxy import Proxies
 
 _UNITS = {
     "": 1,
@@ -300,6 +301,27 @@ class Config:
         "file, when it defines any)",
         str,
     )
+    proxy_headers: bool = option(
+        False,
+        "apply Forwarded and X-Forwarded-* from the proxies in forwarded_allow_ips (and "
+        "remove them from other peers' requests)",
+        parse_bool,
+    )
+    forwarded_allow_ips: tuple[str, ...] = option(
+        ("127.0.0.1", "::1", "unix"),
+        "comma-separated addresses and networks (10.0.0.0/8) of trusted proxies; unix: a "
+        "unix-socket peer; *: any",
+        parse_names,
+    )
+    proxy_hops: int = option(
+        1, "trusted proxies in a chain in front of the server", parse_int, rule=AT_LEAST_1
+    )
+    trusted_proxy_headers: tuple[str, ...] = option(
+        ("x-forwarded-for", "x-forwarded-proto"),
+        "the proxy headers applied: some of forwarded, x-forwarded-for, x-forwarded-proto, "
+        "x-forwarded-host, x-forwarded-port, x-forwarded-prefix",
+        parse_names,
+    )
     health: bool = option(
         False, "answer /-/healthz (the front is up) and /-/readyz (a worker is ready)", parse_bool
     )
@@ -337,11 +359,18 @@ class Config:
         Rule(f"at least workers ({self.workers})", lambda v: v >= self.workers).check(
             "max_workers", self.max_workers
         )
-        if isinstance(self.worker_env, (list, str)):
-            names = self.worker_env
-            object.__setattr__(
-                self, "worker_env", parse_names(names) if isinstance(names, str) else tuple(names)
-            )
+        for name in ("worker_env", "forwarded_allow_ips", "trusted_proxy_headers"):
+            names = getattr(self, name)
+            if isinstance(names, (list, str)):
+                object.__setattr__(
+                    self, name, parse_names(names) if isinstance(names, str) else tuple(names)
+                )
+        self.proxies()  # raises on an entry that is not an address or a header name
+
+    def proxies(self) -> Proxies:
+        """Which peers' proxy headers are applied, and which of them."""
+        return Proxies(self.proxy_headers, self.forwarded_allow_ips, self.proxy_hops,
+                       self.trusted_proxy_headers)  # fmt: skip
 
     @functools.cached_property
     def limits(self) -> Limits:

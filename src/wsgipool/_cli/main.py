@@ -88,7 +88,7 @@ class Serving:
             uvicorn.Config(
                 self.served, lifespan="on", log_config=None, log_level=args.log_level,
                 access_log=args.access_log, root_path=args.root_path,
-                proxy_headers=args.proxy_headers, forwarded_allow_ips=args.forwarded_allow_ips,
+                proxy_headers=False,  # the adapter applies them (proxy_headers)
                 timeout_keep_alive=int(args.keep_alive),
                 timeout_graceful_shutdown=None if graceful is None else math.ceil(graceful),
                 http=protocol_class(self.http_parser, self.edge),

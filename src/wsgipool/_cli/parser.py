@@ -80,14 +80,6 @@ SERVER_OPTIONS = (
         parse_binds, "-b", many=True,
     ),
     Option("root_path", "", "the path prefix a proxy serves the app under (ASGI root_path)"),
-    Option(
-        "proxy_headers", False,
-        "trust X-Forwarded-For/-Proto from the addresses in forwarded_allow_ips", parse_bool,
-    ),
-    Option(
-        "forwarded_allow_ips", "127.0.0.1",
-        "comma-separated proxy addresses whose X-Forwarded-* headers count ('*': any)",
-    ),
     Option("access_log", True, "log one line per request", parse_bool),
     Option("keep_alive", 5.0, "seconds an idle keep-alive connection stays open", parse_float),
     Option(

@@ -27,6 +27,7 @@ from .._worker.wsgi import ErrorStream, FileWrapper, Responder
 from .exchange import Exchange
 from .guard import Refusals, refusal
 from .linger import answer_early, linger_before_reading
+from .proxy import Proxies
 from .spool import MemoryBudget
 
 log = logging.getLogger("wsgipool.front")
@@ -49,6 +50,7 @@ class WsgiToAsgi:
         self.config = Config.from_options(options)
         install_fallback(self.config.log_level)  # visible lines even if the host sets none
         self.spec = describe(wsgi_application)
+        self.proxies = self.config.proxies()
         self.pool = Pool(self.spec, self.config)
         self.budget = MemoryBudget(self.config.buffer_memory or 0)  # bodies held in memory
         self.refusals = Refusals()  # also counted by the server layer of ``wsgipool serve``
@@ -67,11 +69,12 @@ class WsgiToAsgi:
                     return
                 timing = observer.timed(send)
             if timing is None:
-                await serve(self.pool, self.budget, self.refusals, limit, scope, receive, send)
+                await serve(self.pool, self.budget, self.refusals, limit, scope, receive, send,
+                            self.proxies)  # fmt: skip
                 return
             try:
                 await serve(self.pool, self.budget, self.refusals, limit, scope, receive,
-                            timing.send)  # fmt: skip
+                            timing.send, self.proxies)  # fmt: skip
             except Exception:
                 timing.failed()
                 raise
@@ -137,6 +140,7 @@ async def serve(
     scope: Scope,
     receive: Receive,
     send: Send,
+    proxies: Proxies | None = None,
 ) -> None:
     """Serve one ``http`` request: refused up front, or relayed through a worker."""
     refused = refusal(scope, pool.config.limits)
@@ -149,6 +153,8 @@ async def serve(
     except TooManyHeadersError:
         await answer_early(send, receive, *_TOO_MANY_HEADERS, linger_before_reading(scope))
         return
+    if proxies is not None:
+        proxies.apply(cgi, scope)
     exchange = Exchange(pool, budget, refusals, scope, receive, send)
     first = await exchange.first_message(cgi)
     if first is not None and first["type"] == "http.request":  # else: nobody to answer

@@ -78,7 +78,8 @@ def request_path(scope: Scope) -> tuple[str, str]:
     return _native(path), raw_uri
 
 
-def _split_host(host: str) -> tuple[str, str]:
+def split_host(host: str) -> tuple[str, str]:
+    """``"example.com:8080"`` -> ``("example.com", "8080")``; ``"[::1]"`` -> ``("[::1]", "")``."""
     if host.startswith("["):  # [v6]:port
         end = host.find("]") + 1
         name, rest = host[:end], host[end:]
@@ -93,7 +94,7 @@ def _server(scope: Scope, headers: dict[str, str], scheme: str) -> tuple[str, st
     if server is not None:  # a unix socket is (path, None): port "0", as asgiref says
         return str(server[0]), "0" if server[1] is None else str(server[1])
     # The server did not say: fall back on Host.
-    name, port = _split_host(headers.get("HTTP_HOST", ""))
+    name, port = split_host(headers.get("HTTP_HOST", ""))
     return name or "localhost", port or _DEFAULT_PORT.get(scheme, "80")
 
 
