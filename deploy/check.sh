@@ -99,7 +99,8 @@ check_systemd() {
     tmp=$(mktemp -d)
     sed -E 's#^(Exec(Start|Reload))=[^ ]+#\1=/bin/true#' deploy/systemd/wsgipool.service \
         > "$tmp/wsgipool.service"
-    out=$(systemd-analyze verify "$tmp/wsgipool.service" 2>&1) || true
+    cp deploy/systemd/wsgipool.socket "$tmp/wsgipool.socket"
+    out=$(systemd-analyze verify "$tmp/wsgipool.service" "$tmp/wsgipool.socket" 2>&1) || true
     rm -rf "$tmp"
     if [[ -n "$out" ]]; then
         printf '%s\n' "$out"

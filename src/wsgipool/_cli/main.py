@@ -27,6 +27,7 @@ from .._front.adapter import WsgiToAsgi
 from .._logging import configure_cli
 from .._serve.edge import MAX_CONNECTIONS, EdgeSettings, max_connections_for
 from .._serve.host import Listener, ServedApp, bind, server_name
+from .._serve.sockets import inherited, systemd_fds
 from .._titles import front_title, set_title
 from .._wire.appspec import label
 from .parser import CERT_REQS, all_options, parse, shown
@@ -70,13 +71,7 @@ class Serving:
         if args.header_timeout is not None and args.header_timeout <= 0:
             raise ConfigError(f"invalid header_timeout: {args.header_timeout}")
         self.http_parser = http_parser(args.http)
-        self.listeners: list[Listener] = []
-        for address in args.bind:
-            try:
-                self.listeners.append(bind(address))
-            except OSError as exc:
-                self.close()
-                raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror}") from exc
+        self.listeners = listeners(args)
         config = self.app.config
         graceful = config.graceful_timeout
         self.tls = bool(tls)
@@ -156,6 +151,32 @@ class Serving:
             listener.close()
 
 
+def listeners(args: argparse.Namespace) -> list[Listener]:
+    """Inherited sockets (``--fd``, systemd's), then the binds. With sockets handed over,
+    only ``-b`` flags add more: a bind from the environment, the config file or the
+    default is what the handed-over socket replaces (one environment file serves a unit
+    with and without its ``.socket``)."""
+    found: list[Listener] = []
+    fds = [*args.fd, *systemd_fds(os.environ)]
+    binds = () if fds and args.sources.get("bind") != "--bind" else args.bind
+    try:
+        for fd in fds:
+            try:
+                found.append(inherited(fd))
+            except OSError as exc:
+                raise ConfigError(f"--fd {fd}: {exc.strerror or exc}") from exc
+        for address in binds:
+            try:
+                found.append(bind(address, args.reuse_port, args.unix_socket_mode))
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror}") from exc
+    except BaseException:
+        for listener in found:
+            listener.close()
+        raise
+    return found
+
+
 def pool_options(args: argparse.Namespace) -> dict[str, Any]:
     """The keywords of ``WsgiToAsgi`` among the parsed settings (unset ones computed)."""
     names = {f.name for f in dataclasses.fields(Config)}
@@ -186,7 +207,8 @@ def check_config(args: argparse.Namespace) -> int:
         print(f"config = {os.path.abspath(args.config)}")
     for option in all_options():
         value = getattr(config, option.name, getattr(args, option.name))
-        print(f"{option.name} = {shown(value)}  # {args.sources[option.name]}")
+        text = f"{value:o}" if option.name == "unix_socket_mode" else shown(value)
+        print(f"{option.name} = {text}  # {args.sources[option.name]}")
     return 0
 
 

@@ -34,6 +34,7 @@ from .._config import (
 from .._errors import ConfigError
 from .._serve.edge import HEADER_TIMEOUT, MAX_CONNECTIONS
 from .._serve.host import parse_binds
+from .._serve.sockets import parse_fds, parse_mode
 from .configfile import FileSettings, read
 
 #: ``--cert-reqs`` choices and what they mean to ``ssl``.
@@ -78,6 +79,16 @@ SERVER_OPTIONS = (
         "bind", ("127.0.0.1:8000",),
         "listen on HOST:PORT (:PORT for every interface) or unix:PATH; repeat for several",
         parse_binds, "-b", many=True,
+    ),
+    Option(
+        "fd", (), "serve on this inherited listening socket (repeatable; systemd's "
+        "LISTEN_FDS are picked up by themselves); no bind then unless one is given",
+        parse_fds, many=True,
+    ),
+    Option("reuse_port", False, "set SO_REUSEPORT on the TCP sockets bound", parse_bool),
+    Option(
+        "unix_socket_mode", 0o666,
+        "file mode of a unix:PATH socket, in octal (default: 666)", parse_mode,
     ),
     Option("root_path", "", "the path prefix a proxy serves the app under (ASGI root_path)"),
     Option("access_log", True, "log one line per request", parse_bool),

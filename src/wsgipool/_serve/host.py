@@ -67,8 +67,10 @@ def parse_binds(text: str) -> tuple[str, ...]:
     return binds
 
 
-def bind(address: str) -> Listener:
-    """A listening socket for HOST:PORT or unix:PATH (a stale socket file is replaced)."""
+def bind(address: str, reuse_port: bool = False, mode: int = 0o666) -> Listener:
+    """A listening socket for HOST:PORT or unix:PATH (a stale socket file is replaced,
+    the new one gets ``mode``); ``reuse_port``: SO_REUSEPORT, so several servers share
+    the port and the kernel spreads the connections."""
     if address.startswith("unix:"):
         path = address[len("unix:") :]
         with contextlib.suppress(FileNotFoundError):
@@ -77,7 +79,7 @@ def bind(address: str) -> Listener:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(path)
-            os.chmod(path, 0o666)
+            os.chmod(path, mode)
             sock.listen(LISTEN_BACKLOG)
         except OSError:
             sock.close()
@@ -90,6 +92,8 @@ def bind(address: str) -> Listener:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(where)
         sock.listen(LISTEN_BACKLOG)
     except OSError:
