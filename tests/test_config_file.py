@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from wsgipool._cli.main import main
+from wsgipool._cli.main import Serving, main
+from wsgipool._cli.parser import parse
+from wsgipool._cpus import usable_cpus
 
 
 def settings(out: str) -> dict[str, tuple[str, str]]:
@@ -81,3 +83,17 @@ def test_a_missing_file_is_a_usage_error(
 ) -> None:
     assert main(["serve", "--config", str(tmp_path / "nope.py"), "apps:hello"]) == 2
     assert "--config: no such file" in capsys.readouterr().err
+
+
+def test_the_start_up_line_says_where_the_worker_count_came_from() -> None:
+    count, why = usable_cpus()
+    serving = Serving(parse(["serve", "apps:hello", "-b", "127.0.0.1:0"]))
+    try:
+        assert f" with {count} workers (from {why}) (wsgipool" in serving.banner()
+    finally:
+        serving.close()
+    serving = Serving(parse(["serve", "apps:hello", "-b", "127.0.0.1:0", "-w", "1"]))
+    try:
+        assert " with 1 workers (wsgipool" in serving.banner()  # chosen, not derived
+    finally:
+        serving.close()

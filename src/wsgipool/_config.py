@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._cpus import usable_cpus
 from ._errors import ConfigError
 from ._front.guard import Limits
 from ._front.proxy import Proxies
@@ -142,11 +142,9 @@ def option(
 
 
 def default_workers() -> int:
-    """One worker per CPU this process may run on (the pool's work is CPU-bound Python)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    """One worker per CPU this process may use (the pool's work is CPU-bound Python):
+    the cgroup CPU quota if there is one, else the CPU affinity."""
+    return usable_cpus()[0]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,7 +153,8 @@ class Config:
 
     workers: int = option(
         None,
-        "worker processes (default: one per CPU)",
+        "worker processes, counting the CPUs of the cgroup CPU quota, else of the affinity "
+        "(default: one per CPU)",
         parse_int,
         "-w",
         factory=lambda: default_workers(),

@@ -22,6 +22,7 @@ from typing import Any
 
 from .. import __version__
 from .._config import Config, cli_flag, env_name
+from .._cpus import usable_cpus
 from .._errors import ConfigError
 from .._front.adapter import WsgiToAsgi
 from .._logging import configure_cli
@@ -72,6 +73,7 @@ class Serving:
             raise ConfigError(f"invalid header_timeout: {args.header_timeout}")
         self.http_parser = http_parser(args.http)
         self.listeners = listeners(args)
+        self.workers_from = "" if args.sources.get("workers") != "default" else usable_cpus()[1]
         config = self.app.config
         graceful = config.graceful_timeout
         self.tls = bool(tls)
@@ -111,6 +113,8 @@ class Serving:
         where = ", ".join(urls)
         extras = [name for name in ("health", "metrics", "status") if getattr(config, name)]
         text = f"serving {label(self.app.spec)} on {where} with {config.workers} workers"
+        if self.workers_from:
+            text += f" (from {self.workers_from})"
         text += f" (wsgipool {__version__}, {server_name(self.http_parser)})"
         return text + (f"; /-/ endpoints: {', '.join(extras)}" if extras else "")
 
