@@ -97,3 +97,20 @@ def test_the_start_up_line_says_where_the_worker_count_came_from() -> None:
         assert " with 1 workers (wsgipool" in serving.banner()  # chosen, not derived
     finally:
         serving.close()
+
+
+def test_a_hook_of_gunicorn_s_shape_is_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = tmp_path / "hooks.py"
+    conf.write_text(
+        "def post_request(worker, req, environ, resp): pass\n"
+        "def worker_exit(server, worker): pass\n"
+        "def pre_request(worker, req): pass\n"
+    )
+    assert main(["serve", "-c", str(conf), "apps:hello", "--check-config"]) == 0
+    out, err = capsys.readouterr()
+    assert settings(out)["hooks"] == (str(conf), str(conf))
+    assert "the post_request hook is called as post_request(worker, environ, status)" in err
+    assert "the worker_exit hook is called as worker_exit(worker)" in err
+    assert "pre_request" not in err  # the same shape as gunicorn's

@@ -19,6 +19,13 @@ FRONT_HOOKS = ("on_starting", "when_ready", "on_reload", "on_exit", "child_exit"
 #: Hooks that run in each worker process.
 WORKER_HOOKS = ("post_worker_init", "pre_request", "post_request", "worker_exit")
 HOOK_NAMES = frozenset(FRONT_HOOKS + WORKER_HOOKS)
+#: What each hook is given (gunicorn's ``post_request`` and ``worker_exit`` differ).
+HOOK_ARGS = {
+    "on_starting": "server", "when_ready": "server", "on_reload": "server",
+    "on_exit": "server", "child_exit": "server, worker", "nworkers_changed": "server, new, old",
+    "post_worker_init": "worker", "pre_request": "worker, environ",
+    "post_request": "worker, environ, status", "worker_exit": "worker",
+}  # fmt: skip
 
 log = logging.getLogger("wsgipool.hooks")
 

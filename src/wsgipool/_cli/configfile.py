@@ -10,6 +10,7 @@ Functions named after a server hook make the file the ``hooks`` file as well.
 
 from __future__ import annotations
 
+import inspect
 import os
 import runpy
 import types
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import ConfigError
-from .._hooks import HOOK_NAMES
+from .._hooks import HOOK_ARGS, HOOK_NAMES
 
 #: gunicorn's name -> wsgipool's, for settings whose value carries over as it is.
 RENAMED: Mapping[str, str] = {
@@ -105,6 +106,17 @@ def _text(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
+def takes(function: Any, count: int) -> bool:
+    """Can ``function`` be called with ``count`` positional arguments?"""
+    try:
+        inspect.signature(function).bind(*range(count))
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (a builtin): assume it can
+        return True
+    return True
+
+
 def read(path: str, options: Mapping[str, Any]) -> FileSettings:
     """Run the file and read its settings; ``options`` maps names to ``Option`` objects."""
     try:
@@ -119,6 +131,10 @@ def read(path: str, options: Mapping[str, Any]) -> FileSettings:
     hooks = sorted(name for name in names if name in HOOK_NAMES and callable(names[name]))
     for name, value in names.items():
         if name in HOOK_NAMES:
+            if callable(value) and not takes(value, HOOK_ARGS[name].count(",") + 1):
+                found.warnings.append(
+                    f"{path}: the {name} hook is called as {name}({HOOK_ARGS[name]})"
+                )
             continue
         if name in UNSUPPORTED:
             found.warnings.append(f"{path}: gunicorn's {name} is ignored; use {UNSUPPORTED[name]}")
