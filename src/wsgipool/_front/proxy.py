@@ -37,6 +37,8 @@ _DEFAULT_PORT = {"http": "80", "https": "443"}
 #: One ``name=value`` pair of a Forwarded element: a token, or a quoted string.
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _PAIR = re.compile(rf'\s*({_TOKEN})=({_TOKEN}|"(?:[^"\\]|\\.)*")\s*')
+#: Peer addresses whose trust is remembered (proxies are few; clients may be many).
+_KNOWN_PEERS = 4096
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*\Z")
 
 
@@ -120,6 +122,7 @@ class Proxies:
             )
         self.trusted = {KEYS[name] for name in names}
         self.warned = False
+        self._known: dict[str, bool] = {}  # peer address -> trusted: parsed once
 
     def trusts(self, scope: Scope) -> bool:
         """Is the peer of ``scope`` one of the trusted proxies?"""
@@ -129,8 +132,17 @@ class Proxies:
         server = scope.get("server")
         if not client or not client[0] or (server is not None and server[1] is None):
             return self.unix  # a unix socket's peer has no address
+        host = str(client[0])
+        known = self._known.get(host)
+        if known is None:
+            if len(self._known) >= _KNOWN_PEERS:
+                self._known.clear()
+            known = self._known[host] = self._listed(host)
+        return known
+
+    def _listed(self, host: str) -> bool:
         try:
-            address = ipaddress.ip_address(str(client[0]))
+            address = ipaddress.ip_address(host)
         except ValueError:
             return False
         return any(address in network for network in self.networks)
