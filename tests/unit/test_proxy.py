@@ -137,3 +137,11 @@ def test_bad_settings_name_the_option() -> None:
         Proxies(True, ["nonsense"], 1, ["forwarded"])
     with pytest.raises(ConfigError, match="trusted_proxy_headers must be some of"):
         Proxies(True, ["*"], 1, ["x-real-ip"])
+
+
+def test_trust_is_remembered_per_peer_address() -> None:
+    proxies = Proxies(True, ["10.0.0.0/8"], 1, ["x-forwarded-for"])
+    for _ in range(2):  # the second time from what was remembered
+        for peer, trusted in (("10.1.2.3", True), ("192.0.2.1", False), ("::1", False)):
+            scope = {"client": (peer, 1), "server": ("127.0.0.1", 80)}
+            assert proxies.trusts(scope) is trusted, peer
