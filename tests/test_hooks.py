@@ -32,6 +32,8 @@ def post_worker_init(worker): _note("post_worker_init", worker.id, worker.pid)
 def pre_request(worker, environ): _note("pre_request", environ["PATH_INFO"])
 def post_request(worker, environ, status): _note("post_request", status)
 def worker_exit(worker): _note("worker_exit", worker.id)
+
+_note("loaded")
 """
 
 
@@ -106,6 +108,8 @@ def test_every_hook_runs_in_its_process(
     assert ["on_starting", str(front_pid), "apps:pid", "3"] in lines(log)
     assert ["when_ready", str(front_pid), "3"] in lines(log)
     assert lines(log)[-1][0] == "on_exit"
+    # The front runs the file once, for its settings and its hooks.
+    assert sum(fields[:2] == ["loaded", str(front_pid)] for fields in lines(log)) == 1
     assert "Traceback" not in server.output()
 
 

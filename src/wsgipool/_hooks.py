@@ -9,6 +9,7 @@ failure fails the worker's start (see the worker's main).
 from __future__ import annotations
 
 import logging
+import os
 import runpy
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -32,11 +33,24 @@ log = logging.getLogger("wsgipool.hooks")
 Hooks = Mapping[str, Callable[..., Any]]
 
 
+#: Files already run in this process, by absolute path: a config file that is also the
+#: hooks file runs once in the front.
+_RUN: dict[str, dict[str, Any]] = {}
+
+
+def run_file(path: str) -> dict[str, Any]:
+    """The module-level names of the Python file at ``path``, run once per process."""
+    key = os.path.abspath(path)
+    if key not in _RUN:
+        _RUN[key] = runpy.run_path(key, run_name="__config__")
+    return _RUN[key]
+
+
 def load_hooks(path: str | None, names: tuple[str, ...]) -> dict[str, Callable[..., Any]]:
     """The functions among ``names`` that the file at ``path`` defines (none without one)."""
     if not path:
         return {}
-    namespace = runpy.run_path(path, run_name="__config__")
+    namespace = run_file(path)
     return {name: namespace[name] for name in names if callable(namespace.get(name))}
 
 

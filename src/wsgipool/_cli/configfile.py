@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import inspect
 import os
-import runpy
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import ConfigError
-from .._hooks import HOOK_ARGS, HOOK_NAMES
+from .._hooks import HOOK_ARGS, HOOK_NAMES, run_file
 
 #: gunicorn's name -> wsgipool's, for settings whose value carries over as it is.
 RENAMED: Mapping[str, str] = {
@@ -120,7 +119,7 @@ def takes(function: Any, count: int) -> bool:
 def read(path: str, options: Mapping[str, Any]) -> FileSettings:
     """Run the file and read its settings; ``options`` maps names to ``Option`` objects."""
     try:
-        namespace = runpy.run_path(path, run_name="__config__")
+        namespace = run_file(path)
     except FileNotFoundError:
         raise ConfigError(f"--config: no such file: {path}") from None
     except Exception as exc:
