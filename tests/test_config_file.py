@@ -38,6 +38,10 @@ def test_precedence_flags_then_variables_then_file_then_defaults(
     assert found["hooks"] == ("none", "default")  # the file defines no hook
     assert "os" not in found
 
+    monkeypatch.setenv("WSGIPOOL_CONFIG", str(conf))  # the file named by the environment
+    assert main(["serve", "apps:hello", "--check-config"]) == 0
+    assert settings(capsys.readouterr().out)["workers"] == ("3", str(conf))
+
 
 def test_gunicorn_names_warn_and_carry_over_where_they_can(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

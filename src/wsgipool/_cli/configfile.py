@@ -27,6 +27,7 @@ RENAMED: Mapping[str, str] = {
     "keepalive": "keep_alive",
     "worker_connections": "max_connections",
     "tmp_upload_dir": "buffer_dir",
+    "logconfig": "log_config",  # once wsgipool has it; until then, UNSUPPORTED says so
 }
 #: gunicorn's settings wsgipool has no such value for, and what to use instead.
 UNSUPPORTED: Mapping[str, str] = {
@@ -116,6 +117,27 @@ def takes(function: Any, count: int) -> bool:
     return True
 
 
+def _target(
+    name: str,
+    names: Mapping[str, Any],
+    options: Mapping[str, Any],
+    warnings: list[str],
+    path: str,
+) -> str | None:
+    """The option a file's name sets (a warning when it is gunicorn's), or None."""
+    if name in options:  # ours first: a gunicorn name wsgipool has too is simply read
+        return name
+    target = RENAMED.get(name)
+    if target is not None and target in options:
+        warnings.append(f"{path}: gunicorn's {name} is read as {target}; rename it")
+        return None if target in names else target  # said under our name too: that wins
+    if name in UNSUPPORTED:
+        warnings.append(f"{path}: gunicorn's {name} is ignored; use {UNSUPPORTED[name]}")
+    elif not callable(names[name]):
+        warnings.append(f"{path}: {name} is not a wsgipool setting; ignored")
+    return None
+
+
 def read(path: str, options: Mapping[str, Any]) -> FileSettings:
     """Run the file and read its settings; ``options`` maps names to ``Option`` objects."""
     try:
@@ -135,21 +157,11 @@ def read(path: str, options: Mapping[str, Any]) -> FileSettings:
                     f"{path}: the {name} hook is called as {name}({HOOK_ARGS[name]})"
                 )
             continue
-        if name in UNSUPPORTED:
-            found.warnings.append(f"{path}: gunicorn's {name} is ignored; use {UNSUPPORTED[name]}")
-            continue
-        target = RENAMED.get(name, name)
-        if target != name:
-            found.warnings.append(f"{path}: gunicorn's {name} is read as {target}; rename it")
-            if target in names:
-                continue  # the file also says it under wsgipool's name, which wins
-        option = options.get(target)
-        if option is None:
-            if not callable(value) and not isinstance(value, type):
-                found.warnings.append(f"{path}: {name} is not a wsgipool setting; ignored")
+        target = _target(name, names, options, found.warnings, path)
+        if target is None:
             continue
         try:
-            found.values[target] = option.read(_text(value))
+            found.values[target] = options[target].read(_text(value))
         except ValueError as exc:
             raise ConfigError(f"{path}: {target} {exc}", option=target) from None
     if hooks and "hooks" not in found.values:
