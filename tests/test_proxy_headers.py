@@ -23,7 +23,7 @@ from support import (
 from wsgipool import WsgiToAsgi
 
 TESTS = Path(__file__).parent
-HOSTS = ["uvicorn-h11", "uvicorn-httptools", "hypercorn-asyncio", "granian"]
+HOSTS = ["uvicorn-h11", "uvicorn-httptools", "hypercorn-asyncio", "hypercorn-trio", "granian"]
 #: Only 127.0.0.1 is trusted: a client from 127.0.0.2 (also loopback) is not.
 OPTIONS: dict[str, Any] = {
     "workers": 1, "proxy_headers": True, "forwarded_allow_ips": "127.0.0.1",
