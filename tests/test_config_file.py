@@ -21,6 +21,11 @@ def settings(out: str) -> dict[str, tuple[str, str]]:
     return found
 
 
+def main_output(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert main(argv) == 0
+    return capsys.readouterr().out
+
+
 def test_precedence_flags_then_variables_then_file_then_defaults(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -35,6 +40,11 @@ def test_precedence_flags_then_variables_then_file_then_defaults(
     assert found["max_requests"] == ("7", "--max-requests")
     assert found["bind"] == (":9000", str(conf))
     assert found["graceful_timeout"] == ("30", "default")
+    count, why = usable_cpus()
+    assert settings(main_output(capsys, ["serve", "apps:hello", "--check-config"]))["workers"] == (
+        str(count),
+        f"default, from {why}",
+    )
     assert found["hooks"] == ("none", "default")  # the file defines no hook
     assert "os" not in found
 

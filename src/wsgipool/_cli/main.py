@@ -212,7 +212,10 @@ def check_config(args: argparse.Namespace) -> int:
     for option in all_options():
         value = getattr(config, option.name, getattr(args, option.name))
         text = f"{value:o}" if option.name == "unix_socket_mode" else shown(value)
-        print(f"{option.name} = {text}  # {args.sources[option.name]}")
+        source = args.sources[option.name]
+        if option.name == "workers" and source == "default":
+            source = f"default, from {usable_cpus()[1]}"
+        print(f"{option.name} = {text}  # {source}")
     return 0
 
 
