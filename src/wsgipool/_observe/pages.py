@@ -232,6 +232,26 @@ class PoolCollector:
             if size is not None:
                 rss.add_metric([str(worker.id), str(worker.pid)], size)
         yield rss
+        yield from _events(stats)
+
+
+#: The pool's counted events as metrics: (kind, name, help, label).
+_EVENTS = (
+    ("stacks", "wsgipool_stack_dumps", "Stacks of busy workers logged, by why", "reason"),
+    ("interrupts", "wsgipool_timeout_interrupts",
+     "Requests interrupted at their timeout (timeout_grace), by outcome", "outcome"),
+)  # fmt: skip
+
+
+def _events(stats: PoolStats) -> Iterator[Any]:
+    from prometheus_client.core import CounterMetricFamily
+
+    for kind, name, text, label in _EVENTS:
+        family = CounterMetricFamily(name, text, labels=[label])
+        for (event, value), count in sorted(stats.events.items()):
+            if event == kind:
+                family.add_metric([value], count)
+        yield family
 
 
 class FrontCollector:

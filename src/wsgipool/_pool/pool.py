@@ -15,6 +15,7 @@ dispatch. Request deadlines need neither: the lease's reads enforce them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import time
@@ -54,6 +55,16 @@ def _kill_all(processes: set[WorkerProcess]) -> None:
     processes.clear()
 
 
+def _info(worker: WorkerProcess, slot: Slot) -> WorkerInfo:
+    info = WorkerInfo(worker.id, worker.pid, slot.state.value, slot.requests, worker.started_at)
+    lease = slot.lease
+    if lease is None:
+        return info
+    return dataclasses.replace(
+        info, request=lease.request, client=lease.client, busy_since=lease.started
+    )
+
+
 class Pool:
     """Worker processes serving one app, one request each at a time."""
 
@@ -72,6 +83,7 @@ class Pool:
         # The registry's own containers, under the names the pool reads them by.
         self.workers = self.registry.workers  # every worker not yet reaped
         self.restarts = self.registry.restarts
+        self.events: dict[tuple[str, str], int] = {}  # stack dumps, interrupts: by kind
         self._idle = self.registry.idle
         self._set_state = self.registry.set_state
 
@@ -99,9 +111,7 @@ class Pool:
         live = [(worker, slot) for worker, slot in by_id if slot.state in LIVE]
         launcher, template = self.launcher, self.launcher.template
         return PoolStats(
-            workers=tuple(
-                WorkerInfo(w.id, w.pid, s.state.value, s.requests, w.started_at) for w, s in live
-            ),
+            workers=tuple(_info(worker, slot) for worker, slot in live),
             target=self.target,
             starting=self.starting,
             waiting=self.waiting,
@@ -111,6 +121,7 @@ class Pool:
             last_error=launcher.last_error,
             restarts=dict(self.restarts),
             template_pid=template.pid if template is not None and template.alive() else None,
+            events=dict(self.events),
         )
 
     # -- start-up -------------------------------------------------------------------
@@ -227,7 +238,20 @@ class Pool:
                 return None
 
     def _lease(self, worker: WorkerProcess) -> Lease:
-        return Lease(self, worker, self.config.timeout)
+        config = self.config
+        lease = Lease(self, worker, config.timeout, config.timeout_grace, config.slow_request)
+        self.workers[worker].lease = lease  # for the status page and the stacks on demand
+        return lease
+
+    def count(self, event: str, label: str) -> None:
+        """Count an event of a lease (a stack dump, an interrupt) for the metrics."""
+        key = (event, label)
+        self.events[key] = self.events.get(key, 0) + 1
+
+    async def busy_stacks(self) -> list[str]:
+        """A log entry with the stacks of each worker serving a request now."""
+        leases = [slot.lease for slot in list(self.workers.values()) if slot.lease is not None]
+        return [await lease.stacks() for lease in sorted(leases, key=lambda x: x.worker.id)]
 
     def _checkout(self, worker: WorkerProcess) -> None:
         self._set_state(worker, State.BUSY)

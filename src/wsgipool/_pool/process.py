@@ -150,6 +150,9 @@ class WorkerProcess:
         self.template: WorkerProcess | None = None
         self.reader = open_reader(rfd, f"worker {worker_id}")
         self.started_at = time.monotonic()
+        self.stacks = -1  # the worker's descriptor of its stack pipe, once READY said it
+        self.stack_pipe = -1  # the front's end of it, opened on first use (see stacks.py)
+        self.dumping = False  # a dump of its stacks is being read
 
     def __repr__(self) -> str:
         return f"<worker {self.id} pid {self.pid}>"
@@ -208,6 +211,7 @@ class WorkerProcess:
             raise AppLoadError(first.message, first.traceback)
         if not isinstance(first, proto.Ready):
             raise WorkerStartError(f"expected READY from worker {self.id}, got {first!r:.100}")
+        self.stacks = first.stacks
 
     async def write(self, *pieces: bytes | bytearray | memoryview) -> None:
         """Write whole frames given as pieces (gathered, never joined): cancellable until
@@ -276,6 +280,14 @@ class WorkerProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(self.pid, sig)
 
+    def signal(self, sig: int) -> bool:
+        """Signal the worker process alone (not its group); False if it is gone."""
+        try:
+            os.kill(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
     def close_pipes(self) -> None:
         """Close both pipes; a request still reading or writing them sees WorkerGoneError."""
         self.reader.abort(WorkerGoneError(f"worker {self.id} was stopped"))
@@ -287,6 +299,10 @@ class WorkerProcess:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.rfd = self.wfd = -1
+        if self.stack_pipe >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.stack_pipe)
+            self.stack_pipe = -1
 
     async def wait(self, timeout: float) -> int | None:
         """Reap the process within ``timeout`` seconds; None if it is still running."""

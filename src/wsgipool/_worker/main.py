@@ -22,6 +22,7 @@ from .._titles import set_title
 from .._wire.appspec import app_traceback, label, load
 from .._wire.frames import FAILED, READY, Hello, HelloFrame, fork_reply, pack, read_fork_request
 from .channel import Channel
+from .debug import Signals
 from .serve import Worker
 
 
@@ -74,8 +75,16 @@ def main(argv: list[str] | None = None) -> None:
     after_app_import(level)  # a root handler only if the app's framework set up none
     if "fork_fd" in options:
         run_template(channel, app, options)
-    channel.send(pack(READY, os.getpid()))
-    Worker(channel, app).serve_forever()
+    serve(channel, app)
+
+
+def serve(channel: Channel, app: Any) -> None:
+    """Say READY (with the stack pipe the front may read, see debug.py) and serve."""
+    signals = Signals()
+    signals.install()
+    channel.signals = signals
+    channel.send(pack(READY, os.getpid(), signals.read_fd))
+    Worker(channel, app, signals).serve_forever()
 
 
 def run_template(channel: Channel, app: Any, options: Hello) -> None:
@@ -83,7 +92,7 @@ def run_template(channel: Channel, app: Any, options: Hello) -> None:
     sock = socket.socket(fileno=options["fork_fd"])
     signal.signal(signal.SIGCHLD, _reap_children)
     set_title(f"wsgipool: template [{label(options['app'])}]")
-    channel.send(pack(READY, os.getpid()))
+    channel.send(pack(READY, os.getpid(), -1))
     while True:
         message, fds, _, _ = socket.recv_fds(sock, 16, 2)
         if not message:
@@ -127,6 +136,4 @@ def _serve_forked(app: Any, rfd: int, wfd: int, worker_id: int, options: Hello) 
     os.setsid()  # its own process group, as a spawned worker has
     _die_with_parent(os.getppid())
     set_title(f"wsgipool: worker {worker_id} [{label(options['app'])}]")
-    channel = Channel(rfd, wfd)
-    channel.send(pack(READY, os.getpid()))
-    Worker(channel, app).serve_forever()
+    serve(Channel(rfd, wfd), app)

@@ -7,14 +7,17 @@ connection, and the app is synchronous.
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 from collections.abc import Iterable
+from types import FrameType
 from typing import Any
 
 from .._wire.environ import complete_environ
 from .._wire.frames import END_FRAME, ERROR, LOG, Request, body_frames, pack, start_frame
 from .._wire.remote import dump
 from .channel import Channel
+from .debug import Signals
 from .wsgi import (
     ClientDisconnected,
     ErrorStream,
@@ -26,15 +29,39 @@ from .wsgi import (
 
 #: Responses buffered in the worker before a write; lists are flushed once at the end.
 FLUSH_AT = 256 * 1024
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _ours(frame: FrameType) -> bool:
+    return os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _HERE
+
+
+def app_traceback(exc: BaseException) -> str:
+    """The traceback of an exception of the app, from the app's first frame on (the
+    worker's own frames that called the app are left out)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None and _ours(tb.tb_frame):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def request_line(environ: dict[str, Any]) -> str:
+    """``"GET /path?query"``, as the client sent it, for the log."""
+    target = environ.get("REQUEST_URI")
+    if not target:
+        query = environ.get("QUERY_STRING")
+        target = environ.get("PATH_INFO", "") + (f"?{query}" if query else "")
+    return f"{environ.get('REQUEST_METHOD')} {target}"
 
 
 class Worker:
     """Runs requests against the app and streams the results into the channel."""
 
-    def __init__(self, channel: Channel, app: Any) -> None:
+    def __init__(self, channel: Channel, app: Any, signals: Signals) -> None:
         """The app is imported already; the worker only ever serves this one."""
         self.channel = channel
         self.app = app
+        self.signals = signals
         self.responder = Responder(self.write)
         self.sent = 0
         self.errors = ErrorStream(self.emit_log)  # one per worker: it only holds a partial line
@@ -62,10 +89,11 @@ class Worker:
         failure = None
         try:
             try:
-                result = self.app(environ, responder.start_response)
-                self.stream(result, eager=type(result) in (list, tuple))
-                if not responder.headers_sent:
-                    self.queue_start()
+                with self.signals.app_running():  # a timeout's interrupt is raised in here
+                    result = self.app(environ, responder.start_response)
+                    self.stream(result, eager=type(result) in (list, tuple))
+                    if not responder.headers_sent:
+                        self.queue_start()
             except ClientDisconnected:
                 pass
             except Exception as exc:
@@ -90,10 +118,9 @@ class Worker:
     def fail(self, environ: dict[str, Any], exc: Exception) -> None:
         """Tell the front: the traceback as text, and the exception itself if it pickles
         (the front raises the app's own class, as asgiref does)."""
-        request = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
-        tb = "".join(traceback.format_exception(exc))
+        text = f"Exception in WSGI app for {request_line(environ)}\n{app_traceback(exc)}"
         self.channel.discard_queued()
-        self.channel.send(pack(ERROR, f"Exception in WSGI app for {request}\n{tb}", dump(exc)))
+        self.channel.send(pack(ERROR, text, dump(exc)))
 
     def queue_start(self) -> None:
         """Headers go out with the first body chunk (or alone, for an empty body)."""

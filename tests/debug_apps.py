@@ -1,0 +1,51 @@
+"""Apps that get stuck on purpose, each in a function of its own name, so a test can look
+for it in the stacks wsgipool logs: in Python, in a sleep, in a socket read, in a lock."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+Environ = dict[str, Any]
+
+
+def spin_in_python() -> None:
+    while True:
+        pass
+
+
+def sleep_in_c() -> None:
+    time.sleep(60)
+
+
+def read_a_silent_socket() -> None:
+    left, _right = socket.socketpair()
+    left.recv(1)  # the other end never sends
+
+
+def wait_on_a_lock() -> None:
+    lock = threading.Lock()
+    lock.acquire()
+    lock.acquire()
+
+
+STUCK = {
+    "/python": spin_in_python,
+    "/sleep": sleep_in_c,
+    "/recv": read_a_silent_socket,
+    "/lock": wait_on_a_lock,
+}
+
+
+def app(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """``/python``, ``/sleep``, ``/recv``, ``/lock`` hang; ``/nap?s=0.3`` sleeps that long."""
+    path = environ["PATH_INFO"]
+    if path == "/nap":
+        time.sleep(float(environ["QUERY_STRING"].partition("=")[2]))
+    elif path in STUCK:
+        STUCK[path]()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"done"]

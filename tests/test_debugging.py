@@ -1,0 +1,74 @@
+"""Where a stuck request is stuck: the stacks of a worker past its timeout (in Python and
+in C calls), a soft timeout the app itself sees, slow requests, what busy workers do now,
+and why a worker died. Real workers, a real server on loopback, the logs as they come."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import pytest
+
+import debug_apps
+from support import wait_for
+from wsgipool import WsgiToAsgi
+
+
+def frame_line(function: Any, *offsets: int) -> str:
+    """A pattern of faulthandler's line for the frame of ``function`` at one of
+    ``offsets`` lines in."""
+    code = function.__code__
+    lines = "|".join(str(code.co_firstlineno + offset) for offset in offsets)
+    return rf'File "{re.escape(code.co_filename)}", line ({lines}) in {code.co_name}\n'
+
+
+def entries(caplog: pytest.LogCaptureFixture, pattern: str) -> list[str]:
+    found = [r.getMessage() for r in caplog.records if r.name.startswith("wsgipool")]
+    return [text for text in found if re.search(pattern, text)]
+
+
+def metric(text: str, name: str, labels: str) -> float:
+    match = re.search(rf"^{name}{{{labels}}} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+STUCK_AT = {
+    "/python": frame_line(debug_apps.spin_in_python, 1, 2),  # while True: pass
+    "/sleep": frame_line(debug_apps.sleep_in_c, 1),
+    "/recv": frame_line(debug_apps.read_a_silent_socket, 2),
+    "/lock": frame_line(debug_apps.wait_on_a_lock, 3),
+}
+
+
+def test_a_timed_out_worker_logs_where_it_was_stuck(
+    serve: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="wsgipool")
+    app = WsgiToAsgi("debug_apps:app", workers=1, timeout=0.5, metrics=True)
+    with serve(app) as server, server.client() as client:
+        for path, where in STUCK_AT.items():
+            response = client.get(path, params={"id": "7"})
+            assert response.status_code == 504
+            [entry] = entries(caplog, rf"timeout during GET {path}\?id=7 ")
+            first, _, stacks = entry.partition("\n")
+            assert re.search(r"worker 1 \(pid \d+\) .*; it ran 0\.\d+s", first), first
+            assert re.search(where, stacks + "\n"), entry
+            assert "debug_apps.py" in stacks.splitlines()[-1]  # ends at the app's first frame
+            wait_for(lambda: len(app.stats().idle) == 1)
+        scraped = client.get("/-/metrics").text
+    assert metric(scraped, "wsgipool_stack_dumps_total", 'reason="timeout"') == len(STUCK_AT)
+    assert app.stats().restarts == {"timeout": len(STUCK_AT)}
+
+
+def test_an_app_exception_is_logged_with_its_query_from_the_apps_frames(
+    serve: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = WsgiToAsgi("apps:fail", workers=1, app_errors="respond")
+    with serve(app) as server, server.client() as client:
+        assert client.get("/", params={"how": "raise", "id": "7"}).status_code == 500
+    [entry] = entries(caplog, r"Exception in WSGI app")
+    assert entry.startswith("Exception in WSGI app for GET /?how=raise&id=7\n"), entry
+    frames = re.findall(r'File "([^"]+)", line \d+, in (\w+)', entry)
+    assert frames[0][1] == "fail", entry
+    assert frames[0][0].endswith("apps.py"), entry
