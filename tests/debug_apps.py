@@ -3,6 +3,7 @@ for it in the stacks wsgipool logs: in Python, in a sleep, in a socket read, in 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -32,11 +33,18 @@ def wait_on_a_lock() -> None:
     lock.acquire()
 
 
+def ignore_interrupts() -> None:
+    while True:
+        with contextlib.suppress(Exception):
+            time.sleep(60)
+
+
 STUCK = {
     "/python": spin_in_python,
     "/sleep": sleep_in_c,
     "/recv": read_a_silent_socket,
     "/lock": wait_on_a_lock,
+    "/stubborn": ignore_interrupts,
 }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -72,3 +73,40 @@ def test_an_app_exception_is_logged_with_its_query_from_the_apps_frames(
     frames = re.findall(r'File "([^"]+)", line \d+, in (\w+)', entry)
     assert frames[0][1] == "fail", entry
     assert frames[0][0].endswith("apps.py"), entry
+
+
+def test_the_soft_timeout_lets_djangos_logging_record_where_the_view_was(
+    serve: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    log_file = tmp_path / "django.log"
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "djsite.settings_logfile")
+    monkeypatch.setenv("DJSITE_LOG", str(log_file))
+    app = WsgiToAsgi("djsite.wsgi:application", workers=1, timeout=0.5, timeout_grace=5)
+    with serve(app) as server, server.client() as client:
+        assert client.get("/hang", params={"s": "60"}).status_code == 504
+        wait_for(lambda: len(app.stats().idle) == 1)
+        assert client.get("/hang", params={"s": "0"}).text == "woke up"
+    logged = log_file.read_text()
+    assert "Internal Server Error: /hang" in logged, logged
+    assert "wsgipool.RequestTimeout: the request ran past its timeout" in logged, logged
+    assert re.search(r'urls\.py", line \d+, in hang\n', logged), logged
+    [entry] = entries(caplog, r"timeout during GET /hang\?s=60 ")
+    assert "interrupted with RequestTimeout, the app stopped within 5s" in entry, entry
+    assert app.stats().events == {("stacks", "timeout"): 1, ("interrupts", "stopped"): 1}
+
+
+def test_an_app_that_ignores_the_interrupt_is_killed_after_the_grace(
+    serve: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = WsgiToAsgi("debug_apps:app", workers=1, timeout=0.5, timeout_grace=0.3)
+    with serve(app) as server, server.client() as client:
+        assert client.get("/stubborn").status_code == 504
+        wait_for(lambda: len(app.stats().idle) == 1)
+    [entry] = entries(caplog, r"timeout during GET /stubborn ")
+    assert "the app did not stop within 0.3s" in entry, entry
+    assert re.search(frame_line(debug_apps.ignore_interrupts, 3), entry + "\n"), entry
+    assert app.stats().restarts == {"timeout": 1}
+    assert app.stats().events[("interrupts", "killed")] == 1
