@@ -4,15 +4,21 @@ and why a worker died. Real workers, a real server on loopback, the logs as they
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 import debug_apps
-from support import wait_for
+from support import ServerProcess, free_port, python_env, wait_for
 from wsgipool import WsgiToAsgi
 
 
@@ -32,6 +38,21 @@ def entries(caplog: pytest.LogCaptureFixture, pattern: str) -> list[str]:
 def metric(text: str, name: str, labels: str) -> float:
     match = re.search(rf"^{name}{{{labels}}} (\S+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
+
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[ServerProcess]:
+    """``wsgipool serve`` of the stuck apps, one worker, with slow-request logs at 0.2 s."""
+    port = free_port()
+    argv = ["wsgipool", "serve", "debug_apps:app", "-w", "1", "-b", f"127.0.0.1:{port}",
+            "--status", "--health", "--slow-request", "0.2",
+            "--graceful-timeout", "0.5"]  # fmt: skip
+    server = ServerProcess(argv, tmp_path / "server.log", port, TESTS, python_env(TESTS))
+    yield server.ready()
+    server.stop()
 
 
 STUCK_AT = {
@@ -110,3 +131,39 @@ def test_an_app_that_ignores_the_interrupt_is_killed_after_the_grace(
     assert re.search(frame_line(debug_apps.ignore_interrupts, 3), entry + "\n"), entry
     assert app.stats().restarts == {"timeout": 1}
     assert app.stats().events[("interrupts", "killed")] == 1
+
+
+def test_slow_requests_are_logged_once_and_go_on_and_busy_workers_are_shown(
+    served: ServerProcess,
+) -> None:
+    with httpx.Client(base_url=served.url, timeout=30) as client:
+        response = client.get("/nap", params={"s": "0.6"})
+        assert (response.status_code, response.text) == (200, "done")
+        slow = re.findall(
+            r"slow request: worker 1 \(pid \d+\) running GET /nap\?s=0\.6 for 0\.\ds, "
+            r"still running; its stacks.*\n(?:    .*\n)+",
+            served.output(),
+        )
+        assert len(slow) == 1, served.output()
+        assert re.search(frame_line(debug_apps.app, 4), slow[0]), slow[0]  # time.sleep(...)
+
+        stuck = threading.Thread(target=lambda: _get_quietly(served.url + "/sleep?id=7"))
+        stuck.start()
+        wait_for(lambda: "GET /sleep?id=7" in client.get("/-/status").text)
+        page = client.get("/-/status").text
+        row = re.search(r'<tr><td>1</td>.*<code>GET /sleep\?id=7</code></td>'
+                        r"<td>127\.0\.0\.1:\d+</td><td>\d+\.\ds</td></tr>", page)  # fmt: skip
+        assert row, page
+
+        os.kill(served.proc.pid, signal.SIGUSR1)
+        asked = r"worker 1 \(pid \d+\) running GET /sleep\?id=7 for \d+\.\ds; its stacks"
+        wait_for(lambda: re.search(asked, served.output()))
+        entry = served.output().split(re.search(asked, served.output()).group(0))[1]
+        assert re.search(STUCK_AT["/sleep"], entry), entry
+    served.stop()
+    stuck.join(30)
+
+
+def _get_quietly(url: str) -> None:
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.get(url, timeout=30)

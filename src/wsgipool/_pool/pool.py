@@ -248,10 +248,15 @@ class Pool:
         key = (event, label)
         self.events[key] = self.events.get(key, 0) + 1
 
-    async def busy_stacks(self) -> list[str]:
-        """A log entry with the stacks of each worker serving a request now."""
+    async def log_stacks(self) -> int:
+        """Log the stacks of every worker serving a request now, one entry each; how many."""
         leases = [slot.lease for slot in list(self.workers.values()) if slot.lease is not None]
-        return [await lease.stacks() for lease in sorted(leases, key=lambda x: x.worker.id)]
+        for lease in sorted(leases, key=lambda lease: lease.worker.id):
+            if not lease.ended:
+                log.warning("%s", await lease.stacks())
+        if not leases:
+            log.info("stacks asked for, but no worker is serving a request")
+        return len(leases)
 
     def _checkout(self, worker: WorkerProcess) -> None:
         self._set_state(worker, State.BUSY)
