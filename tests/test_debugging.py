@@ -167,3 +167,20 @@ def test_slow_requests_are_logged_once_and_go_on_and_busy_workers_are_shown(
 def _get_quietly(url: str) -> None:
     with contextlib.suppress(httpx.HTTPError):
         httpx.get(url, timeout=30)
+
+
+def test_deaths_are_counted_by_cause_and_a_sigkill_from_outside_is_not_ours(
+    serve: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = WsgiToAsgi("apps:fail", workers=1, metrics=True)
+    with serve(app) as server, server.client() as client:
+        for how in ("sigkill", "segfault", "sigkill"):
+            assert client.get("/", params={"how": how}).status_code == 502
+            wait_for(lambda: len(app.stats().idle) == 1)
+        wait_for(lambda: app.stats().events.get(("deaths", "sigkill")) == 2)
+        scraped = client.get("/-/metrics").text
+    assert metric(scraped, "wsgipool_worker_deaths_total", 'cause="sigkill"') == 2
+    assert metric(scraped, "wsgipool_worker_deaths_total", 'cause="sigsegv"') == 1
+    [first, _] = entries(caplog, r"crashed during GET /\?how=sigkill ")
+    assert "(killed by SIGKILL" in first, first
+    assert "sent by wsgipool" not in first, first  # the app killed itself

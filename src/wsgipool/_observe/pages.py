@@ -240,6 +240,9 @@ _EVENTS = (
     ("stacks", "wsgipool_stack_dumps", "Stacks of busy workers logged, by why", "reason"),
     ("interrupts", "wsgipool_timeout_interrupts",
      "Requests interrupted at their timeout (timeout_grace), by outcome", "outcome"),
+    ("deaths", "wsgipool_worker_deaths",
+     "Workers that died on their own or were killed from outside, by cause (oom, sigkill, "
+     "sigsegv, exit...)", "cause"),
 )  # fmt: skip
 
 

@@ -33,9 +33,10 @@ from .._errors import (
     WorkerStartError,
 )
 from .._wire.appspec import AppSpec
+from .deaths import describe_exit
 from .launch import MAX_BACKOFF, Launcher
 from .lease import Lease
-from .process import KILL_GRACE, WorkerProcess, describe_exit
+from .process import KILL_GRACE, WorkerProcess
 from .queue import WaitQueue, Watch
 from .registry import Registry
 from .slot import LIVE, Slot, State
@@ -45,6 +46,9 @@ log = logging.getLogger("wsgipool.pool")
 
 #: Seconds a retired worker gets to exit on its own before it is killed.
 RETIRE_GRACE = 10.0
+#: The reasons a worker leaves that it chose itself (crashed, died, killed from outside):
+#: counted in the metrics by the cause of its death.
+UNPLANNED = ("crashed", "died")
 #: Start-up attempts a request makes when workers are killed from outside meanwhile.
 START_TRIES = 3
 
@@ -352,11 +356,12 @@ class Pool:
             slot = self.workers.get(worker)
             if slot is None or slot.state is not State.EXITING:
                 continue
-            code = worker.popen.poll()
-            if code is not None:
+            death = worker.death()
+            if death is not None:
                 self._set_state(worker, State.GONE)
-                log.info("worker %d (pid %d) exited (%s)", worker.id, worker.pid,
-                         describe_exit(code))  # fmt: skip
+                if slot.reason in UNPLANNED:
+                    self.count("deaths", death.cause)
+                log.info("worker %d (pid %d) exited (%s)", worker.id, worker.pid, death)
             elif now >= slot.kill_at:
                 worker.signal_group(signal.SIGKILL)
 

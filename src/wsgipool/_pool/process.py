@@ -34,6 +34,7 @@ from .._errors import (
     WorkerStartError,
 )
 from .._wire import frames as proto
+from .deaths import EXIT_UNKNOWN, Death, describe_exit, oom_kills
 from .readers import open_reader
 
 log = logging.getLogger("wsgipool.pool")
@@ -73,10 +74,6 @@ def channel_pipes() -> tuple[int, int, int, int]:
         os.close(to_child_w)
         raise
     return to_child_r, to_child_w, from_child_r, from_child_w
-
-
-#: Exit status of a forked worker: its parent is the template, which reaps it.
-EXIT_UNKNOWN = -1000
 
 
 class Child(Protocol):
@@ -125,6 +122,20 @@ def _running(pid: int) -> bool:
         return True
 
 
+#: The kernel's PF_EXITING flag of a task (the ninth field of /proc/<pid>/stat).
+_PF_EXITING = 0x4
+
+
+def _exiting(pid: int) -> bool:
+    """Is ``pid`` on its way out already (its pipe closed before its parent can reap it)?"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return fields[0] in (b"Z", b"X") or bool(int(fields[6]) & _PF_EXITING)
+
+
 _W = TypeVar("_W", bound="WorkerProcess")
 _T = TypeVar("_T")
 #: Signals that mean "killed from outside", not "the app failed to start".
@@ -153,6 +164,9 @@ class WorkerProcess:
         self.stacks = -1  # the worker's descriptor of its stack pipe, once READY said it
         self.stack_pipe = -1  # the front's end of it, opened on first use (see stacks.py)
         self.dumping = False  # a dump of its stacks is being read
+        self.oom_before = oom_kills()  # the cgroup's OOM kills so far (see deaths.py)
+        self.sent_sigkill = False  # wsgipool SIGKILLed it while it ran
+        self._death: Death | None = None
 
     def __repr__(self) -> str:
         return f"<worker {self.id} pid {self.pid}>"
@@ -270,11 +284,24 @@ class WorkerProcess:
         return self.popen.poll() is None
 
     def exit_status(self) -> str:
-        """How the process ended, for a log line (``"killed by SIGKILL"``)."""
-        return describe_exit(self.popen.poll())
+        """How the process ended, for a log line (``"killed by SIGKILL"``, and whether
+        the OOM killer did it)."""
+        death = self.death()
+        return describe_exit(None) if death is None else str(death)
+
+    def death(self) -> Death | None:
+        """How the process ended, learnt once it has (None while it runs)."""
+        if self._death is None:
+            code = self.popen.poll()
+            if code is not None:
+                after = oom_kills() if code == -signal.SIGKILL else None
+                self._death = Death(code, self.oom_before, after, self.sent_sigkill)
+        return self._death
 
     def signal_group(self, sig: int) -> None:
         """Signal the worker and every process it started (its own process group)."""
+        if sig == signal.SIGKILL and self._death is None and self.popen.poll() is None:
+            self.sent_sigkill = not _exiting(self.pid)  # else it was dying already
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -434,16 +461,3 @@ def _after(
             rest.append(memoryview(piece)[written:] if written else piece)
             written = 0
     return rest
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code == EXIT_UNKNOWN:
-        return "exit status known only to the preload template"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"

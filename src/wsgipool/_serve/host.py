@@ -5,8 +5,9 @@
 itself; during lifespan it also runs small tasks once the pool is up: one turns SIGHUP
 into a rolling restart (the signal only wakes the task), one turns SIGUSR1 into a log
 entry of each busy worker's stacks, and one (``--reload``) polls the mtimes of the
-``.py`` files under the working directory and restarts the workers when one changes. uvicorn turns SIGTERM/SIGINT into a graceful shutdown, which ends with the
-lifespan shutdown that stops the pool.
+``.py`` files under the working directory and restarts the workers when one changes.
+uvicorn turns SIGTERM/SIGINT into a graceful shutdown, which ends with the lifespan
+shutdown that stops the pool.
 """
 
 from __future__ import annotations
