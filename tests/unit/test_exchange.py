@@ -81,8 +81,8 @@ class FakeLease:
     def discard(self, reason: str) -> None:
         self._end("discard", reason)
 
-    def describe(self, request: str, client: str) -> None:
-        self.described = (request, client)
+    def describe(self, about: Any) -> None:
+        self.about = about
 
 
 class FakePool:

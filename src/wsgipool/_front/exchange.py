@@ -232,7 +232,7 @@ class Exchange:
             lease = await self._acquire(self._client_gone if watch else None)
             if lease is None:
                 return None
-            lease.describe(self.request_line, self.client_address)
+            lease.describe(self)
             try:
                 await lease.send(*payload)
                 return lease

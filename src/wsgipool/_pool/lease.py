@@ -47,12 +47,22 @@ class Owner(Protocol):
     def count(self, event: str, label: str) -> None: ...
 
 
+class About(Protocol):
+    """What the request is, for the status page and the logs about its worker (read only
+    when they need it: the exchange has it)."""
+
+    @property
+    def request_line(self) -> str: ...
+
+    @property
+    def client_address(self) -> str: ...
+
+
 class Lease:
     """One request's hold on one worker."""
 
-    __slots__ = ("_owner", "_paused_left", "client", "client_gone", "deadline", "ended",
-                 "grace", "request", "slow_at", "started", "timed_out", "timeout",
-                 "worker")  # fmt: skip
+    __slots__ = ("_owner", "_paused_left", "about", "client_gone", "deadline", "ended",
+                 "grace", "slow_at", "started", "timed_out", "timeout", "worker")  # fmt: skip
 
     def __init__(
         self,
@@ -71,8 +81,7 @@ class Lease:
         self.slow_at: float | None = None  # when a still running request is logged
         if slow is not None and (timeout is None or slow < timeout):
             self.slow_at = now + slow
-        self.request = ""  # "GET /path?query", once the exchange said (see describe)
-        self.client = ""
+        self.about: About | None = None  # the request, once the exchange said (describe)
         self._paused_left: float | None = None
         self.timed_out = False  # the deadline passed: the worker is killed, never reused
         self.client_gone = False
@@ -130,9 +139,18 @@ class Lease:
             return "did not stop after the client left"
         return f"no response within {self.timeout}s"
 
-    def describe(self, request: str, client: str) -> None:
+    def describe(self, about: About) -> None:
         """What the worker is doing, for the status page and the logs about it."""
-        self.request, self.client = request, client
+        self.about = about
+
+    @property
+    def request(self) -> str:
+        """``"GET /path?query"`` ("" until described)."""
+        return "" if self.about is None else self.about.request_line
+
+    @property
+    def client(self) -> str:
+        return "" if self.about is None else self.about.client_address
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started

@@ -62,17 +62,21 @@ async def read_stacks(worker: Dumpable, wait: float = STACKS_WAIT) -> str | None
     while worker.dumping:  # one dump at a time: two would mix in the pipe
         await anyio.sleep(_POLL)
     worker.dumping = True
+    fd = -1
     try:
-        try:
-            fd = _open(worker)
-        except OSError:
-            return None
+        # A descriptor of our own: the worker's may be closed (and its number reused)
+        # while this waits, if the worker is stopped meanwhile.
+        fd = os.dup(_open(worker))
         _read_all(fd)  # the rest of an earlier dump cut short
         if not worker.signal(STACKS_SIGNAL):
             return None
         return await _collect(fd, wait)
+    except OSError:
+        return None
     finally:
         worker.dumping = False
+        if fd >= 0:
+            os.close(fd)
 
 
 async def _collect(fd: int, wait: float) -> str | None:
