@@ -26,7 +26,6 @@ import fcntl
 import os
 import signal
 import threading
-from collections.abc import Iterator
 from types import FrameType
 
 from .._errors import RequestTimeout
@@ -68,14 +67,13 @@ class Signals:
         self.armed = False  # once per request
         raise RequestTimeout("the request ran past its timeout")
 
-    @contextlib.contextmanager
-    def app_running(self) -> Iterator[None]:
-        """The span in which the app's code runs for a request: interrupts are raised."""
+    def arm(self) -> None:
+        """The app's code runs for a request from now on: interrupts are raised."""
         self.armed, self.pending = True, False
-        try:
-            yield
-        finally:
-            self.armed = self.pending = False
+
+    def disarm(self) -> None:
+        """The app is done (or failed): interrupts are ignored again."""
+        self.armed = self.pending = False
 
     def hold(self) -> bool:
         """A write to the channel begins: an interrupt waits until :meth:`release`.

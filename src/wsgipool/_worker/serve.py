@@ -87,18 +87,21 @@ class Worker:
         environ = complete_environ(cgi, InputStream(channel.pull_body), self.errors, FileWrapper)
         result: Iterable[bytes] | None = None
         failure = None
+        signals = self.signals
         try:
             try:
-                with self.signals.app_running():  # a timeout's interrupt is raised in here
-                    result = self.app(environ, responder.start_response)
-                    self.stream(result, eager=type(result) in (list, tuple))
-                    if not responder.headers_sent:
-                        self.queue_start()
+                signals.arm()  # from here, a timeout's interrupt is raised in the app ...
+                result = self.app(environ, responder.start_response)
+                self.stream(result, eager=type(result) in (list, tuple))
+                if not responder.headers_sent:
+                    self.queue_start()
+                signals.disarm()  # ... until here
             except ClientDisconnected:
                 pass
             except Exception as exc:
                 failure = exc
         finally:
+            signals.disarm()
             if result is not None:
                 self.close(result)
             channel.close_body_file()
