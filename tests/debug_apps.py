@@ -1,5 +1,6 @@
 """Apps that get stuck on purpose, each in a function of its own name, so a test can look
-for it in the stacks wsgipool logs: in Python, in a sleep, in a socket read, in a lock."""
+for it in the stacks wsgipool logs: in Python, in a sleep, in a socket read, in a lock,
+in C code that holds the GIL."""
 
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ def wait_on_a_lock() -> None:
     lock.acquire()
 
 
+def hold_the_gil_in_c() -> None:
+    sum(range(10**15))  # one C call that never lets another thread run nor checks signals
+
+
 def ignore_interrupts() -> None:
     while True:
         with contextlib.suppress(Exception):
@@ -44,12 +49,13 @@ STUCK = {
     "/sleep": sleep_in_c,
     "/recv": read_a_silent_socket,
     "/lock": wait_on_a_lock,
+    "/gil": hold_the_gil_in_c,
     "/stubborn": ignore_interrupts,
 }
 
 
 def app(environ: Environ, start_response: Any) -> Iterable[bytes]:
-    """``/python``, ``/sleep``, ``/recv``, ``/lock`` hang; ``/nap?s=0.3`` sleeps that long."""
+    """``/python``, ``/sleep``, ``/recv``, ``/lock``, ``/gil`` hang; ``/nap?s=N`` naps."""
     path = environ["PATH_INFO"]
     if path == "/nap":
         time.sleep(float(environ["QUERY_STRING"].partition("=")[2]))

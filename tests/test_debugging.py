@@ -60,6 +60,7 @@ STUCK_AT = {
     "/sleep": frame_line(debug_apps.sleep_in_c, 1),
     "/recv": frame_line(debug_apps.read_a_silent_socket, 2),
     "/lock": frame_line(debug_apps.wait_on_a_lock, 3),
+    "/gil": frame_line(debug_apps.hold_the_gil_in_c, 1),
 }
 
 
