@@ -35,6 +35,12 @@ from .._wire.kinds import END_MARK, INTERRUPT_SIGNAL, STACKS_SIGNAL
 STACK_PIPE_SIZE = 1024 * 1024
 
 
+def _restart_calls() -> None:
+    """A dump of the stacks must not make the app's system calls fail with EINTR (Python
+    retries them, a C library may not): the kernel restarts those it can."""
+    signal.siginterrupt(STACKS_SIGNAL, False)
+
+
 class Signals:
     """The worker's end of the stack pipe and the state the interrupt handler reads."""
 
@@ -52,11 +58,13 @@ class Signals:
         """Register both handlers (in the main thread: Python handlers live there)."""
         signal.signal(STACKS_SIGNAL, self._stacks_done)
         faulthandler.register(STACKS_SIGNAL, file=self.write_fd, all_threads=True, chain=True)
+        _restart_calls()
         signal.signal(INTERRUPT_SIGNAL, self._interrupt)
 
     def _stacks_done(self, signum: int, frame: FrameType | None) -> None:
         with contextlib.suppress(OSError):
             os.write(self.write_fd, END_MARK)
+        _restart_calls()  # faulthandler registered itself again, without the flag
 
     def _interrupt(self, signum: int, frame: FrameType | None) -> None:
         if not self.armed:
