@@ -326,6 +326,7 @@ class WorkerProcess:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.rfd = self.wfd = -1
+        self.stacks = -1  # no dump of its stacks from now on (see stacks.py)
         if self.stack_pipe >= 0:
             with contextlib.suppress(OSError):
                 os.close(self.stack_pipe)
