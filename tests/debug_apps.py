@@ -5,6 +5,8 @@ in C code that holds the GIL."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import threading
 import time
@@ -55,8 +57,13 @@ STUCK = {
 
 
 def app(environ: Environ, start_response: Any) -> Iterable[bytes]:
-    """``/python``, ``/sleep``, ``/recv``, ``/lock``, ``/gil`` hang; ``/nap?s=N`` naps."""
+    """``/python``, ``/sleep``, ``/recv``, ``/lock``, ``/gil`` hang; ``/nap?s=N`` naps;
+    ``/oom?events=PATH`` dies as the OOM killer's victim of a fake cgroup."""
     path = environ["PATH_INFO"]
+    if path == "/oom":  # as the kernel would: count an OOM kill in the cgroup, then SIGKILL
+        with open(environ["QUERY_STRING"].partition("=")[2], "w") as events:
+            events.write("oom 1\noom_kill 1\n")
+        os.kill(os.getpid(), signal.SIGKILL)
     if path == "/nap":
         time.sleep(float(environ["QUERY_STRING"].partition("=")[2]))
     elif path in STUCK:

@@ -5,6 +5,7 @@ and why a worker died. Real workers, a real server on loopback, the logs as they
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import re
@@ -20,6 +21,7 @@ import pytest
 import debug_apps
 from support import ServerProcess, free_port, python_env, wait_for
 from wsgipool import WsgiToAsgi
+from wsgipool._pool import deaths
 
 
 def frame_line(function: Any, *offsets: int) -> str:
@@ -28,6 +30,12 @@ def frame_line(function: Any, *offsets: int) -> str:
     code = function.__code__
     lines = "|".join(str(code.co_firstlineno + offset) for offset in offsets)
     return rf'File "{re.escape(code.co_filename)}", line ({lines}) in {code.co_name}\n'
+
+
+def offset_of(function: Any, text: str) -> int:
+    """How many lines into ``function`` the first line holding ``text`` is."""
+    lines = inspect.getsource(function).splitlines()
+    return next(n for n, line in enumerate(lines) if text in line)
 
 
 def entries(caplog: pytest.LogCaptureFixture, pattern: str) -> list[str]:
@@ -146,7 +154,8 @@ def test_slow_requests_are_logged_once_and_go_on_and_busy_workers_are_shown(
             served.output(),
         )
         assert len(slow) == 1, served.output()
-        assert re.search(frame_line(debug_apps.app, 4), slow[0]), slow[0]  # time.sleep(...)
+        nap = frame_line(debug_apps.app, offset_of(debug_apps.app, "time.sleep(float("))
+        assert re.search(nap, slow[0]), slow[0]
 
         stuck = threading.Thread(target=lambda: _get_quietly(served.url + "/sleep?id=7"))
         stuck.start()
@@ -185,3 +194,27 @@ def test_deaths_are_counted_by_cause_and_a_sigkill_from_outside_is_not_ours(
     [first, _] = entries(caplog, r"crashed during GET /\?how=sigkill ")
     assert "(killed by SIGKILL" in first, first
     assert "sent by wsgipool" not in first, first  # the app killed itself
+
+
+def test_a_worker_the_oom_killer_killed_is_said_to_be(
+    serve: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A fake cgroup root whose count the app raises before it SIGKILLs itself, as the
+    kernel's OOM killer would."""
+    events = tmp_path / "cgroup" / "memory.events"
+    events.parent.mkdir()
+    events.write_text("oom 0\noom_kill 0\n")
+    (tmp_path / "membership").write_text("0::/\n")
+    monkeypatch.setattr(deaths, "CGROUP_ROOT", str(events.parent))
+    monkeypatch.setattr(deaths, "MEMBERSHIP", str(tmp_path / "membership"))
+    app = WsgiToAsgi("debug_apps:app", workers=1, metrics=True)
+    with serve(app) as server, server.client() as client:
+        assert client.get(f"/oom?events={events}").status_code == 502
+        wait_for(lambda: app.stats().events.get(("deaths", "oom")) == 1)
+        scraped = client.get("/-/metrics").text
+    assert metric(scraped, "wsgipool_worker_deaths_total", 'cause="oom"') == 1
+    [entry] = entries(caplog, r"crashed during GET /oom")
+    assert "(killed by SIGKILL, by the kernel's OOM killer: out of memory)" in entry, entry

@@ -49,9 +49,10 @@ def _candidates(root: str, membership: str) -> list[str]:
     return found
 
 
-def oom_kills(root: str = CGROUP_ROOT, membership: str = MEMBERSHIP) -> int | None:
-    """The OOM kills counted in this process's memory cgroup; None if it cannot be read."""
-    for path in _candidates(root, membership):
+def oom_kills(root: str | None = None, membership: str | None = None) -> int | None:
+    """The OOM kills counted in this process's memory cgroup (under ``root``, by default
+    ``CGROUP_ROOT``); None if it cannot be read."""
+    for path in _candidates(root or CGROUP_ROOT, membership or MEMBERSHIP):
         count = _count_in(path)
         if count is not None:
             return count
