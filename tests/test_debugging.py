@@ -128,6 +128,21 @@ def test_the_soft_timeout_lets_djangos_logging_record_where_the_view_was(
     assert app.stats().events == {("stacks", "timeout"): 1, ("interrupts", "stopped"): 1}
 
 
+def test_the_interrupt_let_out_is_logged_and_one_ignored_ends_in_the_kill(
+    serve: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = WsgiToAsgi("debug_apps:app", workers=1, timeout=0.5, timeout_grace=2)
+    with serve(app) as server, server.client() as client:
+        assert client.get("/sleep").status_code == 504  # the app lets RequestTimeout out
+        wait_for(lambda: len(app.stats().idle) == 1)
+    [entry] = entries(caplog, r"timeout during GET /sleep ")
+    assert "the app stopped within 2s" in entry, entry
+    raised = entry.partition("\nthen Exception in WSGI app for GET /sleep\n")[2]
+    assert re.search(r'debug_apps\.py", line \d+, in sleep_in_c\n', raised), entry
+    assert raised.endswith("wsgipool.RequestTimeout: the request ran past its timeout"), entry
+    assert app.stats().events[("interrupts", "stopped")] == 1
+
+
 def test_an_app_that_ignores_the_interrupt_is_killed_after_the_grace(
     serve: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

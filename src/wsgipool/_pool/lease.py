@@ -235,29 +235,35 @@ class Lease:
         if stacks is not None:
             self._owner.count("stacks", "timeout")
         note = f"; it ran {ran:.1f}s"
+        raised = ""
         if self.grace is not None:
-            stopped = await self._interrupt(self.grace)
+            stopped, raised = await self._interrupt(self.grace)
             self._owner.count("interrupts", "stopped" if stopped else "killed")
             outcome = "the app stopped" if stopped else "the app did not stop"
             note += f"; interrupted with RequestTimeout, {outcome} within {self.grace:g}s"
         if stacks is not None:
             note += "\nits stacks at the deadline (most recent call first):\n" + indent(stacks)
+        if raised:
+            note += "\nthen " + raised.rstrip()
         return note
 
-    async def _interrupt(self, grace: float) -> bool:
-        """Raise RequestTimeout in the app; True if the request ended within ``grace``
-        (its response is dropped: the client is answered 504 all the same)."""
+    async def _interrupt(self, grace: float) -> tuple[bool, str]:
+        """Raise RequestTimeout in the app: whether the request ended within ``grace``,
+        and the app's exception if it let it out (its response is dropped: the client is
+        answered 504 all the same)."""
         if not self.worker.signal(INTERRUPT_SIGNAL):
-            return False
+            return False, ""
         deadline = time.monotonic() + grace
         try:
             while (left := deadline - time.monotonic()) > 0:
-                frames = await self.worker.reader.read(left)
-                if frames and any(type(frame) in (End, Error) for frame in frames):
-                    return True
+                for frame in await self.worker.reader.read(left) or ():
+                    if type(frame) is Error:
+                        return True, frame.message
+                    if type(frame) is End:
+                        return True, ""
         except WorkerError:
             pass  # it died or broke the channel: the kill follows all the same
-        return False
+        return False, ""
 
     def discard(self, reason: str) -> None:
         """The worker is broken or late: it is killed (if still running) and replaced."""
