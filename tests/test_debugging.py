@@ -128,7 +128,7 @@ def test_the_soft_timeout_lets_djangos_logging_record_where_the_view_was(
     assert app.stats().events == {("stacks", "timeout"): 1, ("interrupts", "stopped"): 1}
 
 
-def test_the_interrupt_let_out_is_logged_and_one_ignored_ends_in_the_kill(
+def test_an_interrupt_the_app_lets_out_ends_the_log_entry_of_the_timeout(
     serve: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = WsgiToAsgi("debug_apps:app", workers=1, timeout=0.5, timeout_grace=2)
