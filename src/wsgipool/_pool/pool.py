@@ -46,8 +46,8 @@ log = logging.getLogger("wsgipool.pool")
 
 #: Seconds a retired worker gets to exit on its own before it is killed.
 RETIRE_GRACE = 10.0
-#: The reasons a worker leaves that it chose itself (crashed, died, killed from outside):
-#: counted in the metrics by the cause of its death.
+#: The reasons a worker leaves that wsgipool did not choose (it crashed mid-request, or
+#: died while idle): counted in the metrics by the cause of its death.
 UNPLANNED = ("crashed", "died")
 #: Start-up attempts a request makes when workers are killed from outside meanwhile.
 START_TRIES = 3

@@ -300,7 +300,7 @@ class WorkerProcess:
 
     def signal_group(self, sig: int) -> None:
         """Signal the worker and every process it started (its own process group)."""
-        if sig == signal.SIGKILL and self._death is None and self.popen.poll() is None:
+        if sig == signal.SIGKILL and not self.sent_sigkill and self.popen.poll() is None:
             self.sent_sigkill = not _exiting(self.pid)  # else it was dying already
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
