@@ -167,6 +167,21 @@ class Config:
         "-t",
         rule=POSITIVE_OR_NONE,
     )
+    timeout_grace: float | None = option(
+        None,
+        "with it, a request past timeout is first interrupted: the app gets "
+        "wsgipool.RequestTimeout raised in it, and the worker is killed only if the app has "
+        "not finished this many seconds later (the client gets 504 either way); none: off",
+        parse_seconds,
+        rule=POSITIVE_OR_NONE,
+    )
+    slow_request: float | None = option(
+        None,
+        "log the stacks of a request still running after this many seconds, once, and let "
+        "it go on; none: off",
+        parse_seconds,
+        rule=POSITIVE_OR_NONE,
+    )
     startup_timeout: float = option(
         60.0, "seconds a new worker may take to import the app", parse_float, rule=POSITIVE
     )

@@ -13,6 +13,9 @@ WsgiPoolError
     ├── WorkerTimeoutError  the worker held one request longer than ``timeout``
     ├── LeaseEndedError  a write after the request's lease ended (refused, never sent)
     └── ProtocolError    the worker sent a malformed or oversized frame
+
+RequestTimeout (TimeoutError)  raised inside the app, in a worker, when its request runs
+                               past ``timeout`` with ``timeout_grace`` set
 """
 
 from __future__ import annotations
@@ -99,3 +102,12 @@ class ProtocolError(WorkerError):
 
 class WorkerTimeoutError(WorkerError):
     """The worker spent longer than ``timeout`` on one request."""
+
+
+class RequestTimeout(TimeoutError):
+    """Raised in the app's request thread once the request runs past ``timeout`` (with
+    ``timeout_grace`` set), so the app's own error handling records where it was.
+
+    Not a :class:`WsgiPoolError`: the app sees it, never the caller of the adapter (the
+    client is answered 504 whatever the app does with it).
+    """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import path
@@ -34,10 +35,16 @@ def boom(request: HttpRequest) -> HttpResponse:
     raise RuntimeError("django view failed")
 
 
+def hang(request: HttpRequest) -> HttpResponse:
+    time.sleep(float(request.GET.get("s", "60")))
+    return HttpResponse("woke up")
+
+
 urlpatterns = [
     path("", index),
     path("echo", echo),
     path("stream", stream),
     path("boom", boom),
     path("log", log),
+    path("hang", hang),
 ]

@@ -81,6 +81,9 @@ class FakeLease:
     def discard(self, reason: str) -> None:
         self._end("discard", reason)
 
+    def describe(self, about: Any) -> None:
+        self.about = about
+
 
 class FakePool:
     """What the exchange uses of the pool: its config, whether workers share the front's

@@ -89,6 +89,7 @@ class FakeWorker:
         self.tried: list[bytes] = []
         self.room = True  # try_write succeeds
         self.terminated: list[float] = []  # grace of each terminate that ran to its end
+        self.stacks = -1  # no stack pipe: a late worker's kill reads none
 
     async def write(self, *pieces: bytes | bytearray | memoryview) -> None:
         await anyio.sleep(0)
@@ -114,6 +115,9 @@ class FakeOwner:
 
     def discard(self, worker: Any, reason: str) -> None:
         self.calls.append(("discard", worker, reason))
+
+    def count(self, event: str, label: str) -> None:
+        self.calls.append(("count", event, label))
 
 
 @pytest.fixture

@@ -21,10 +21,10 @@ import pytest
 
 from wsgipool._config import Config
 from wsgipool._errors import OverloadedError, PoolClosedError
+from wsgipool._pool.deaths import Death, describe_exit
 from wsgipool._pool.launch import Launcher
 from wsgipool._pool.lease import Lease
 from wsgipool._pool.pool import RETIRE_GRACE, Pool
-from wsgipool._pool.process import describe_exit
 from wsgipool._pool.slot import State
 
 pytestmark = pytest.mark.anyio
@@ -61,6 +61,9 @@ class FakeWorker:
 
     def exit_status(self) -> str:
         return describe_exit(self.code)
+
+    def death(self) -> Death | None:
+        return None if self.code is None else Death(self.code, None, None, sent_sigkill=False)
 
     def signal_group(self, sig: int) -> None:
         self.signals.append(sig)

@@ -133,10 +133,11 @@ class FakeLease:
     def discard(self, reason: str) -> None:
         self._end("discard", reason)
 
-    async def kill(self) -> None:
+    async def kill(self) -> str:
         self.kills += 1
         self.journal.append(("kill",))
         await anyio.sleep(0)
+        return ""
 
     def pause(self) -> None:
         self.paused += 1
@@ -363,7 +364,7 @@ async def test_a_worker_failing_before_start_is_answered_by_the_front(
 
 async def test_a_frame_the_front_never_gets_is_a_502(make, lease) -> None:
     x = make()
-    lease.push([proto.Ready(123)])
+    lease.push([proto.Ready(123, -1)])
     with anyio.fail_after(5):
         await relay(x, lease).run(False, 0, None)
     assert x.statuses == [502]

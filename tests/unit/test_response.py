@@ -131,7 +131,7 @@ def test_an_end_without_a_start_is_a_protocol_error() -> None:
 
 @pytest.mark.parametrize(
     "frame",
-    [proto.Ready(123), proto.Failed("no", "tb"), proto.Request({}), proto.Eof(), proto.Abort()],
+    [proto.Ready(123, -1), proto.Failed("no", "tb"), proto.Request({}), proto.Eof(), proto.Abort()],
 )
 def test_a_frame_the_front_never_gets_is_a_protocol_error(frame: Any) -> None:
     with pytest.raises(ProtocolError, match=type(frame).__name__):

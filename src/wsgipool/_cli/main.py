@@ -133,7 +133,7 @@ class Serving:
     def signals(self) -> Iterator[None]:
         """In the main thread: name the process; SIGTERM/SIGINT stop the server even before
         uvicorn listens for them, and after (uvicorn raises them again once it is done: the
-        exit stays clean); SIGHUP is ignored until the pool is up to be restarted."""
+        exit stays clean); SIGHUP and SIGUSR1 are ignored until the pool is up."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -143,7 +143,8 @@ class Serving:
             self.server.should_exit = True
 
         previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        for sig in (signal.SIGHUP, signal.SIGUSR1):  # their default would end the process
+            previous[sig] = signal.signal(sig, signal.SIG_IGN)
         try:
             yield
         finally:

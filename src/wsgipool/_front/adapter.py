@@ -115,6 +115,12 @@ class WsgiToAsgi:
         keep serving and :class:`AppLoadError` carries the app's own error."""
         await self.pool.reload()
 
+    async def log_stacks(self) -> int:
+        """Log every busy worker's stacks now (what it runs, for how long, where), one
+        entry per worker to ``wsgipool.pool``; returns how many. ``wsgipool serve`` does
+        this on SIGUSR1. The workers go on: nothing is stopped."""
+        return await self.pool.log_stacks()
+
     async def aclose(self) -> None:
         """Stop every worker: in-flight requests get ``graceful_timeout`` to finish."""
         await self.pool.aclose()

@@ -92,8 +92,20 @@ class Exchange:
 
     @property
     def request_line(self) -> str:
-        """``"GET /path"``, for the log."""
-        return f"{self.scope.get('method')} {self.scope.get('path')}"
+        """``"GET /path?query"``, for the log."""
+        query = self.scope.get("query_string")
+        path = self.scope.get("path")
+        if query:
+            return f"{self.scope.get('method')} {path}?{query.decode('latin-1')}"
+        return f"{self.scope.get('method')} {path}"
+
+    @property
+    def client_address(self) -> str:
+        """``"127.0.0.1:51234"`` (or what the server gave), for the log."""
+        client = self.client
+        if isinstance(client, (list, tuple)) and len(client) == 2:
+            return f"{client[0]}:{client[1]}"
+        return "-" if client is None else str(client)
 
     # -- sending --------------------------------------------------------------------
 
@@ -220,6 +232,7 @@ class Exchange:
             lease = await self._acquire(self._client_gone if watch else None)
             if lease is None:
                 return None
+            lease.describe(self)
             try:
                 await lease.send(*payload)
                 return lease

@@ -320,7 +320,7 @@ class Relay:
             status, text, reason = 502, "Bad Gateway", "crashed"
         else:
             status, text, reason = 502, "Bad Gateway", "protocol error"
-        await lease.kill()
+        note = await lease.kill()  # a late worker's stacks come first: see Lease.kill
         lease.discard(reason)
         answered = not self.r.committed and not x.disconnected
         if answered:
@@ -330,11 +330,12 @@ class Relay:
             x.failure = exc  # the response is cut off: say so to the caller
         worker = lease.worker
         log.error(
-            "worker %d (pid %d) %s during %s (%s); %s",
+            "worker %d (pid %d) %s during %s (%s); %s%s",
             worker.id,
             worker.pid,
             reason if not isinstance(exc, ProtocolError) else f"{reason}: {exc}",
             x.request_line,
             worker.exit_status(),
             f"answered {status}" if answered else "response cut off",
+            note,
         )

@@ -232,6 +232,29 @@ class PoolCollector:
             if size is not None:
                 rss.add_metric([str(worker.id), str(worker.pid)], size)
         yield rss
+        yield from _events(stats)
+
+
+#: The pool's counted events as metrics: (kind, name, help, label).
+_EVENTS = (
+    ("stacks", "wsgipool_stack_dumps", "Stacks of busy workers logged, by why", "reason"),
+    ("interrupts", "wsgipool_timeout_interrupts",
+     "Requests interrupted at their timeout (timeout_grace), by outcome", "outcome"),
+    ("deaths", "wsgipool_worker_deaths",
+     "Workers that died on their own or were killed from outside, by cause (oom, sigkill, "
+     "sigsegv, exit...)", "cause"),
+)  # fmt: skip
+
+
+def _events(stats: PoolStats) -> Iterator[Any]:
+    from prometheus_client.core import CounterMetricFamily
+
+    for kind, name, text, label in _EVENTS:
+        family = CounterMetricFamily(name, text, labels=[label])
+        for (event, value), count in sorted(stats.events.items()):
+            if event == kind:
+                family.add_metric([value], count)
+        yield family
 
 
 class FrontCollector:
@@ -283,7 +306,7 @@ body {{ font: 15px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }}
 h1 {{ font-size: 1.4em; }} code {{ background: #f2f2f2; padding: 0 .3em; }}
 table {{ border-collapse: collapse; margin: 1em 0; }}
 th, td {{ border-bottom: 1px solid #ddd; padding: .35em .9em; text-align: right; }}
-th {{ background: #f6f6f6; }} td.state {{ text-align: left; }}
+th {{ background: #f6f6f6; }} td.state, td.request {{ text-align: left; }}
 .idle {{ color: #2a7a2a; }} .busy {{ color: #b36b00; }} .retiring {{ color: #888; }}
 </style></head>
 <body>
@@ -291,9 +314,13 @@ th {{ background: #f6f6f6; }} td.state {{ text-align: left; }}
 <p id="summary">Front pid {pid}, up {uptime}: {up} of {target} workers up, {starting} starting,
 {waiting} request(s) waiting{closing}.</p>
 <table id="workers">
-<tr><th>worker</th><th>pid</th><th>state</th><th>requests</th><th>RSS</th><th>uptime</th></tr>
+<tr><th>worker</th><th>pid</th><th>state</th><th>requests</th><th>RSS</th><th>uptime</th>
+<th>now serving</th><th>client</th><th>for</th></tr>
 {rows}
 </table>
+<p id="stacks">The stacks of the busy workers go to the log on
+<code>WsgiToAsgi.log_stacks()</code>; under <code>wsgipool serve</code>, on
+<code>kill -USR1 {pid}</code>.</p>
 <p id="restarts">Workers replaced: {restarts}.</p>
 <p id="refused">Requests refused: {refused}. Connections closed: {closed}.</p>
 <p id="buffered">Bodies held for slow clients: {memory} in memory, {disk} on disk.</p>
@@ -301,7 +328,8 @@ th {{ background: #f6f6f6; }} td.state {{ text-align: left; }}
 """
 _ROW = (
     '<tr><td>{id}</td><td>{pid}</td><td class="state {state}">{state}</td>'
-    "<td>{requests}</td><td>{rss}</td><td>{uptime}</td></tr>"
+    "<td>{requests}</td><td>{rss}</td><td>{uptime}</td>"
+    '<td class="request"><code>{request}</code></td><td>{client}</td><td>{busy}</td></tr>'
 )
 
 
@@ -327,6 +355,9 @@ def _row(worker: WorkerInfo, now: float) -> str:
         requests=worker.requests,
         rss=mebibytes(rss_of(worker.pid)),
         uptime=duration(now - worker.started_at),
+        request=html.escape(worker.request),
+        client=html.escape(worker.client),
+        busy=f"{now - worker.busy_since:.1f}s" if worker.request else "",
     )
 
 
@@ -346,7 +377,7 @@ def render_status(observer: Observer) -> str:
         starting=stats.starting,
         waiting=stats.waiting,
         closing=", shutting down" if stats.closing else "",
-        rows="\n".join(rows) or '<tr><td colspan="6">no worker is up</td></tr>',
+        rows="\n".join(rows) or '<tr><td colspan="9">no worker is up</td></tr>',
         restarts=restarts or "none",
         refused=html.escape(refused or "none"),
         closed=html.escape(closed or "none"),

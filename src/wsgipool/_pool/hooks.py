@@ -16,7 +16,7 @@ from .._config import Config
 from .._errors import ConfigError
 from .._hooks import FRONT_HOOKS, load_hooks, run_hook
 from .._wire.appspec import AppSpec, label
-from .process import EXIT_UNKNOWN, describe_exit
+from .deaths import EXIT_UNKNOWN, Death
 from .stats import PoolStats
 
 
@@ -68,10 +68,10 @@ class FrontHooks:
         if self.hooks:
             run_hook(self.hooks, name, self.server, *args)
 
-    def child_exit(self, worker_id: int, pid: int, code: int | None) -> None:
+    def child_exit(self, worker_id: int, pid: int, death: Death) -> None:
         if worker_id and "child_exit" in self.hooks:  # 0: the preload template
-            exited = ExitedWorker(worker_id, pid, None if code == EXIT_UNKNOWN else code,
-                                  describe_exit(code))  # fmt: skip
+            code = None if death.code == EXIT_UNKNOWN else death.code
+            exited = ExitedWorker(worker_id, pid, code, str(death))
             self.run("child_exit", exited)
 
     def count(self, up: int) -> None:

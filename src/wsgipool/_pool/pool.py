@@ -15,6 +15,7 @@ dispatch. Request deadlines need neither: the lease's reads enforce them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import time
@@ -32,10 +33,11 @@ from .._errors import (
     WorkerStartError,
 )
 from .._wire.appspec import AppSpec
+from .deaths import describe_exit
 from .hooks import FrontHooks
 from .launch import MAX_BACKOFF, Launcher
 from .lease import Lease
-from .process import KILL_GRACE, WorkerProcess, describe_exit
+from .process import KILL_GRACE, WorkerProcess
 from .queue import WaitQueue, Watch
 from .registry import Registry
 from .slot import LIVE, Slot, State
@@ -45,6 +47,9 @@ log = logging.getLogger("wsgipool.pool")
 
 #: Seconds a retired worker gets to exit on its own before it is killed.
 RETIRE_GRACE = 10.0
+#: The reasons a worker leaves that wsgipool did not choose (it crashed mid-request, or
+#: died while idle): counted in the metrics by the cause of its death.
+UNPLANNED = ("crashed", "died")
 #: Start-up attempts a request makes when workers are killed from outside meanwhile.
 START_TRIES = 3
 
@@ -53,6 +58,16 @@ def _kill_all(processes: set[WorkerProcess]) -> None:
     for process in list(processes):
         process.kill_now()
     processes.clear()
+
+
+def _info(worker: WorkerProcess, slot: Slot) -> WorkerInfo:
+    info = WorkerInfo(worker.id, worker.pid, slot.state.value, slot.requests, worker.started_at)
+    lease = slot.lease
+    if lease is None:
+        return info
+    return dataclasses.replace(
+        info, request=lease.request, client=lease.client, busy_since=lease.started
+    )
 
 
 class Pool:
@@ -73,6 +88,7 @@ class Pool:
         # The registry's own containers, under the names the pool reads them by.
         self.workers = self.registry.workers  # every worker not yet reaped
         self.restarts = self.registry.restarts
+        self.events: dict[tuple[str, str], int] = {}  # stack dumps, interrupts: by kind
         self._idle = self.registry.idle
         self._set_state = self.registry.set_state
         self.hooks = FrontHooks(self, spec, config)
@@ -101,9 +117,7 @@ class Pool:
         live = [(worker, slot) for worker, slot in by_id if slot.state in LIVE]
         launcher, template = self.launcher, self.launcher.template
         return PoolStats(
-            workers=tuple(
-                WorkerInfo(w.id, w.pid, s.state.value, s.requests, w.started_at) for w, s in live
-            ),
+            workers=tuple(_info(worker, slot) for worker, slot in live),
             target=self.target,
             starting=self.starting,
             waiting=self.waiting,
@@ -113,6 +127,7 @@ class Pool:
             last_error=launcher.last_error,
             restarts=dict(self.restarts),
             template_pid=template.pid if template is not None and template.alive() else None,
+            events=dict(self.events),
         )
 
     # -- start-up -------------------------------------------------------------------
@@ -232,7 +247,25 @@ class Pool:
                 return None
 
     def _lease(self, worker: WorkerProcess) -> Lease:
-        return Lease(self, worker, self.config.timeout)
+        config = self.config
+        lease = Lease(self, worker, config.timeout, config.timeout_grace, config.slow_request)
+        self.workers[worker].lease = lease  # for the status page and the stacks on demand
+        return lease
+
+    def count(self, event: str, label: str) -> None:
+        """Count an event of a lease (a stack dump, an interrupt) for the metrics."""
+        key = (event, label)
+        self.events[key] = self.events.get(key, 0) + 1
+
+    async def log_stacks(self) -> int:
+        """Log the stacks of every worker serving a request now, one entry each; how many."""
+        leases = [slot.lease for slot in list(self.workers.values()) if slot.lease is not None]
+        for lease in sorted(leases, key=lambda lease: lease.worker.id):
+            if not lease.ended:
+                log.warning("%s", await lease.stacks())
+        if not leases:
+            log.info("stacks asked for, but no worker is serving a request")
+        return len(leases)
 
     def _checkout(self, worker: WorkerProcess) -> None:
         self._set_state(worker, State.BUSY)
@@ -328,12 +361,13 @@ class Pool:
             slot = self.workers.get(worker)
             if slot is None or slot.state is not State.EXITING:
                 continue
-            code = worker.popen.poll()
-            if code is not None:
+            death = worker.death()
+            if death is not None:
                 self._set_state(worker, State.GONE)
-                log.info("worker %d (pid %d) exited (%s)", worker.id, worker.pid,
-                         describe_exit(code))  # fmt: skip
-                self.hooks.child_exit(worker.id, worker.pid, code)
+                if slot.reason in UNPLANNED:
+                    self.count("deaths", death.cause)
+                log.info("worker %d (pid %d) exited (%s)", worker.id, worker.pid, death)
+                self.hooks.child_exit(worker.id, worker.pid, death)
             elif now >= slot.kill_at:
                 worker.signal_group(signal.SIGKILL)
 
@@ -404,7 +438,9 @@ class Pool:
         code = await worker.stop(grace=0.0 if busy else KILL_GRACE)
         self._set_state(worker, State.GONE)
         log.info("worker %d (pid %d) stopped (%s)", worker.id, worker.pid, describe_exit(code))
-        self.hooks.child_exit(worker.id, worker.pid, code)
+        death = worker.death()
+        if death is not None:
+            self.hooks.child_exit(worker.id, worker.pid, death)
 
     def kill_all(self) -> None:
         """Synchronous emergency stop (no event loop needed)."""

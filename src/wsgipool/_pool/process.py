@@ -34,6 +34,7 @@ from .._errors import (
     WorkerStartError,
 )
 from .._wire import frames as proto
+from .deaths import EXIT_UNKNOWN, Death, describe_exit, oom_kills
 from .readers import open_reader
 
 log = logging.getLogger("wsgipool.pool")
@@ -73,10 +74,6 @@ def channel_pipes() -> tuple[int, int, int, int]:
         os.close(to_child_w)
         raise
     return to_child_r, to_child_w, from_child_r, from_child_w
-
-
-#: Exit status of a forked worker: its parent is the template, which reaps it.
-EXIT_UNKNOWN = -1000
 
 
 class Child(Protocol):
@@ -125,6 +122,20 @@ def _running(pid: int) -> bool:
         return True
 
 
+#: The kernel's PF_EXITING flag of a task (the ninth field of /proc/<pid>/stat).
+_PF_EXITING = 0x4
+
+
+def _exiting(pid: int) -> bool:
+    """Is ``pid`` on its way out already (its pipe closed before its parent can reap it)?"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return fields[0] in (b"Z", b"X") or bool(int(fields[6]) & _PF_EXITING)
+
+
 _W = TypeVar("_W", bound="WorkerProcess")
 _T = TypeVar("_T")
 #: Signals that mean "killed from outside", not "the app failed to start".
@@ -150,6 +161,12 @@ class WorkerProcess:
         self.template: WorkerProcess | None = None
         self.reader = open_reader(rfd, f"worker {worker_id}")
         self.started_at = time.monotonic()
+        self.stacks = -1  # the worker's descriptor of its stack pipe, once READY said it
+        self.stack_pipe = -1  # the front's end of it, opened on first use (see stacks.py)
+        self.dumping = False  # a dump of its stacks is being read
+        self.oom_before = oom_kills()  # the cgroup's OOM kills so far (see deaths.py)
+        self.sent_sigkill = False  # wsgipool SIGKILLed it while it ran
+        self._death: Death | None = None
 
     def __repr__(self) -> str:
         return f"<worker {self.id} pid {self.pid}>"
@@ -208,6 +225,7 @@ class WorkerProcess:
             raise AppLoadError(first.message, first.traceback)
         if not isinstance(first, proto.Ready):
             raise WorkerStartError(f"expected READY from worker {self.id}, got {first!r:.100}")
+        self.stacks = first.stacks
 
     async def write(self, *pieces: bytes | bytearray | memoryview) -> None:
         """Write whole frames given as pieces (gathered, never joined): cancellable until
@@ -266,15 +284,36 @@ class WorkerProcess:
         return self.popen.poll() is None
 
     def exit_status(self) -> str:
-        """How the process ended, for a log line (``"killed by SIGKILL"``)."""
-        return describe_exit(self.popen.poll())
+        """How the process ended, for a log line (``"killed by SIGKILL"``, and whether
+        the OOM killer did it)."""
+        death = self.death()
+        return describe_exit(None) if death is None else str(death)
+
+    def death(self) -> Death | None:
+        """How the process ended, learnt once it has (None while it runs)."""
+        if self._death is None:
+            code = self.popen.poll()
+            if code is not None:
+                after = oom_kills() if code == -signal.SIGKILL else None
+                self._death = Death(code, self.oom_before, after, self.sent_sigkill)
+        return self._death
 
     def signal_group(self, sig: int) -> None:
         """Signal the worker and every process it started (its own process group)."""
+        if sig == signal.SIGKILL and not self.sent_sigkill and self.popen.poll() is None:
+            self.sent_sigkill = not _exiting(self.pid)  # else it was dying already
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(self.pid, sig)
+
+    def signal(self, sig: int) -> bool:
+        """Signal the worker process alone (not its group); False if it is gone."""
+        try:
+            os.kill(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
 
     def close_pipes(self) -> None:
         """Close both pipes; a request still reading or writing them sees WorkerGoneError."""
@@ -287,6 +326,11 @@ class WorkerProcess:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.rfd = self.wfd = -1
+        self.stacks = -1  # no dump of its stacks from now on (see stacks.py)
+        if self.stack_pipe >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.stack_pipe)
+            self.stack_pipe = -1
 
     async def wait(self, timeout: float) -> int | None:
         """Reap the process within ``timeout`` seconds; None if it is still running."""
@@ -418,16 +462,3 @@ def _after(
             rest.append(memoryview(piece)[written:] if written else piece)
             written = 0
     return rest
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code == EXIT_UNKNOWN:
-        return "exit status known only to the preload template"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"

@@ -63,6 +63,8 @@ class Registry:
         elif old is State.BUSY:
             self.busy -= 1
         slot.state, slot.since = state, now
+        if state is not State.BUSY and state is not State.RETIRING:
+            slot.lease = None
         if reason:
             slot.reason = reason
         if state is State.IDLE:

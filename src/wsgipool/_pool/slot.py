@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .lease import Lease
 
 
 class State(enum.Enum):
@@ -37,3 +41,4 @@ class Slot:
     request_limit: int = 0  # retire after this many requests (0: never)
     expires_at: float = 0.0  # retire once time.monotonic() passes this (0: never)
     kill_at: float = 0.0  # EXITING: SIGKILL if it has not exited by then
+    lease: Lease | None = None  # BUSY or RETIRING: the request it serves

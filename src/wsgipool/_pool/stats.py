@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def rss_of(pid: int) -> int | None:
@@ -25,6 +25,9 @@ class WorkerInfo:
     state: str  # "idle", "busy" or "retiring"
     requests: int
     started_at: float  # time.monotonic()
+    request: str = ""  # busy: "GET /path?query" of the request it serves
+    client: str = ""  # busy: the client's address
+    busy_since: float = 0.0  # busy: time.monotonic() when it took the request
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ class PoolStats:
     last_error: str | None
     restarts: Mapping[str, int]  # workers replaced, by reason
     template_pid: int | None
+    #: Counted events, by (kind, label): ("stacks", "timeout"), ("interrupts", "stopped") ...
+    events: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
     @property
     def idle(self) -> tuple[WorkerInfo, ...]:

@@ -1,11 +1,13 @@
-"""What ``wsgipool serve`` puts around the adapter: listening sockets, SIGHUP, ``--reload``.
+"""What ``wsgipool serve`` puts around the adapter: listening sockets, SIGHUP, SIGUSR1,
+``--reload``.
 
 :class:`ServedApp` is the ASGI app uvicorn runs. Outside lifespan it is the adapter
-itself; during lifespan it also runs two small tasks once the pool is up: one turns
-SIGHUP into a rolling restart (the signal only wakes the task), the other (``--reload``)
-polls the mtimes of the ``.py`` files under the working directory and does the same when
-one changes. uvicorn turns SIGTERM/SIGINT into a graceful shutdown, which ends with the
-lifespan shutdown that stops the pool.
+itself; during lifespan it also runs small tasks once the pool is up: one turns SIGHUP
+into a rolling restart (the signal only wakes the task), one turns SIGUSR1 into a log
+entry of each busy worker's stacks, and one (``--reload``) polls the mtimes of the
+``.py`` files under the working directory and restarts the workers when one changes.
+uvicorn turns SIGTERM/SIGINT into a graceful shutdown, which ends with the lifespan
+shutdown that stops the pool.
 """
 
 from __future__ import annotations
@@ -168,6 +170,7 @@ class ServedApp:
             async with anyio.create_task_group() as tg:
                 if threading.current_thread() is threading.main_thread():
                     tg.start_soon(self.on_sighup)
+                    tg.start_soon(self.on_sigusr1)
                 if self.reload:
                     tg.start_soon(self.watch_files)
 
@@ -176,6 +179,13 @@ class ServedApp:
             async for _ in signals:
                 await self.started.wait()
                 await self.restart("SIGHUP")
+
+    async def on_sigusr1(self) -> None:
+        """Log the stacks of every busy worker (see ``WsgiToAsgi.log_stacks``)."""
+        with anyio.open_signal_receiver(signal.SIGUSR1) as signals:
+            async for _ in signals:
+                await self.started.wait()
+                await self.app.log_stacks()
 
     async def watch_files(self) -> None:
         """``--reload``: restart the workers when a ``.py`` file under the cwd changes."""

@@ -21,7 +21,9 @@ Front -> worker::
 
 Worker -> front::
 
-    READY    pid              the app imported; the worker takes requests
+    READY    pid, stacks      the app imported; the worker takes requests; ``stacks`` is
+                              its stack pipe (``/proc/<pid>/fd/<stacks>``, -1: none),
+                              where it writes its threads' stacks when signalled
     FAILED   message, tb      the app did not import; the worker exits
     START    status, headers  status int, headers [[name, value], ...] as latin-1 bytes
     BODY     <bytes>          a response chunk, exactly as the app yielded it

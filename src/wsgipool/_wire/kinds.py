@@ -7,6 +7,7 @@ itself is described in ``frames``.
 
 from __future__ import annotations
 
+import signal
 import struct
 from typing import Any, Final, NamedTuple, TypedDict
 
@@ -24,6 +25,13 @@ END: Final = 13
 ERROR: Final = 14
 LOG: Final = 15
 SPILLED: Final = 16
+
+#: Signals the front sends a busy worker (see ``wsgipool._worker.debug``): write every
+#: thread's stack into the stack pipe; raise ``RequestTimeout`` in the app.
+STACKS_SIGNAL: Final = signal.SIGUSR2
+INTERRUPT_SIGNAL: Final = signal.SIGUSR1
+#: Ends each dump in the stack pipe; faulthandler's text never holds a NUL byte.
+END_MARK: Final = b"\0end of stacks\n"
 
 #: Largest frame either side accepts; a bigger one means a broken peer.
 MAX_FRAME: Final = 64 * 1024 * 1024
@@ -84,6 +92,7 @@ class Spilled(NamedTuple):
 
 class Ready(NamedTuple):
     pid: int
+    stacks: int  # the worker's descriptor of its stack pipe's read end (-1: none)
 
 
 class Failed(NamedTuple):

@@ -92,8 +92,8 @@ def _spilled(fields: list[Any]) -> Frame:
 
 
 def _ready(fields: list[Any]) -> Frame:
-    _want("READY", fields, 1)
-    return Ready(_typed("READY", fields[0], int))
+    _want("READY", fields, 2)
+    return Ready(_typed("READY", fields[0], int), _typed("READY", fields[1], int))
 
 
 def _failed(fields: list[Any]) -> Frame:

@@ -13,6 +13,7 @@ from collections import deque
 
 from .._wire.frames import MAX_CHUNK, Abort, Body, BodyFile, Eof, Frame, Spill, spilled_frame
 from .._wire.reader import FrameReader
+from .debug import Signals
 from .wsgi import ClientDisconnected
 
 #: Bytes read at once from a body file the front hands over.
@@ -25,6 +26,7 @@ class Channel:
     def __init__(self, rfd: int, wfd: int) -> None:
         """Start with nothing pending: the front speaks first (HELLO, then REQUEST)."""
         self.rfd, self.wfd = rfd, wfd
+        self.signals: Signals | None = None  # set once the worker serves: see debug.py
         self.reader = FrameReader()
         self.pending: deque[Frame] = deque()
         self.out: list[bytes | memoryview] = []
@@ -170,6 +172,17 @@ class Channel:
             self._write_out()
 
     def _write_out(self) -> None:
+        """Write every queued piece; a timeout's interrupt never cuts a frame in half."""
+        signals = self.signals
+        if signals is None or not signals.hold():
+            self._write_pieces()
+            return
+        try:
+            self._write_pieces()
+        finally:
+            signals.release()
+
+    def _write_pieces(self) -> None:
         """Write every queued piece, however the pipe splits the writes."""
         pieces, self.out, self.out_size = self.out, [], 0
         if len(pieces) < 512:  # the common case: one call writes it all

@@ -22,6 +22,7 @@ from .._titles import set_title
 from .._wire.appspec import app_traceback, label, load
 from .._wire.frames import FAILED, READY, Hello, HelloFrame, fork_reply, pack, read_fork_request
 from .channel import Channel
+from .debug import Signals
 from .hooks import WorkerHooks
 from .serve import Worker
 
@@ -98,10 +99,14 @@ def _start_hooks(
 
 
 def _serve(channel: Channel, app: Any, hooks: WorkerHooks) -> None:
-    """Ready; serve until the front closes the pipe, then ``worker_exit``."""
-    channel.send(pack(READY, os.getpid()))
+    """Say READY (with the stack pipe the front may read, see debug.py) and serve until
+    the front closes the pipe, then ``worker_exit``."""
+    signals = Signals()
+    signals.install()
+    channel.signals = signals
+    channel.send(pack(READY, os.getpid(), signals.read_fd))
     try:
-        Worker(channel, app, hooks).serve_forever()
+        Worker(channel, app, signals, hooks).serve_forever()
     finally:
         hooks.run("worker_exit")
 
@@ -111,7 +116,7 @@ def run_template(channel: Channel, app: Any, options: Hello, hooks: WorkerHooks)
     sock = socket.socket(fileno=options["fork_fd"])
     signal.signal(signal.SIGCHLD, _reap_children)
     set_title(f"wsgipool: template [{label(options['app'])}]")
-    channel.send(pack(READY, os.getpid()))
+    channel.send(pack(READY, os.getpid(), -1))
     while True:
         message, fds, _, _ = socket.recv_fds(sock, 16, 2)
         if not message:

@@ -7,14 +7,17 @@ connection, and the app is synchronous.
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 from collections.abc import Iterable
+from types import FrameType
 from typing import Any
 
 from .._wire.environ import complete_environ
 from .._wire.frames import END_FRAME, ERROR, LOG, Request, body_frames, pack, start_frame
 from .._wire.remote import dump
 from .channel import Channel
+from .debug import Signals
 from .hooks import WorkerHooks
 from .wsgi import (
     ClientDisconnected,
@@ -27,15 +30,41 @@ from .wsgi import (
 
 #: Responses buffered in the worker before a write; lists are flushed once at the end.
 FLUSH_AT = 256 * 1024
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _ours(frame: FrameType) -> bool:
+    return os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _HERE
+
+
+def app_traceback(exc: BaseException) -> str:
+    """The traceback of an exception of the app, from the app's first frame on (the
+    worker's own frames that called the app are left out)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None and _ours(tb.tb_frame):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def request_line(environ: dict[str, Any]) -> str:
+    """``"GET /path?query"``, as the client sent it, for the log."""
+    target = environ.get("REQUEST_URI")
+    if not target:
+        query = environ.get("QUERY_STRING")
+        target = environ.get("PATH_INFO", "") + (f"?{query}" if query else "")
+    return f"{environ.get('REQUEST_METHOD')} {target}"
 
 
 class Worker:
     """Runs requests against the app and streams the results into the channel."""
 
-    def __init__(self, channel: Channel, app: Any, hooks: WorkerHooks | None = None) -> None:
+    def __init__(
+        self, channel: Channel, app: Any, signals: Signals, hooks: WorkerHooks | None = None
+    ) -> None:
         """The app is imported already; the worker only ever serves this one."""
         self.channel = channel
         self.app = app
+        self.signals = signals
         self.hooks = WorkerHooks(None) if hooks is None else hooks
         self.responder = Responder(self.write)
         self.sent = 0
@@ -63,17 +92,21 @@ class Worker:
         result: Iterable[bytes] | None = None
         failure = None
         self.hooks.run("pre_request", environ)
+        signals = self.signals
         try:
             try:
+                signals.arm()  # from here, a timeout's interrupt is raised in the app ...
                 result = self.app(environ, responder.start_response)
                 self.stream(result, eager=type(result) in (list, tuple))
                 if not responder.headers_sent:
                     self.queue_start()
+                signals.disarm()  # ... until here
             except ClientDisconnected:
                 pass
             except Exception as exc:
                 failure = exc
         finally:
+            signals.disarm()
             if result is not None:
                 self.close(result)
             channel.close_body_file()
@@ -94,10 +127,9 @@ class Worker:
     def fail(self, environ: dict[str, Any], exc: Exception) -> None:
         """Tell the front: the traceback as text, and the exception itself if it pickles
         (the front raises the app's own class, as asgiref does)."""
-        request = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
-        tb = "".join(traceback.format_exception(exc))
+        text = f"Exception in WSGI app for {request_line(environ)}\n{app_traceback(exc)}"
         self.channel.discard_queued()
-        self.channel.send(pack(ERROR, f"Exception in WSGI app for {request}\n{tb}", dump(exc)))
+        self.channel.send(pack(ERROR, text, dump(exc)))
 
     def queue_start(self) -> None:
         """Headers go out with the first body chunk (or alone, for an empty body)."""
