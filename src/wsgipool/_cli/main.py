@@ -24,10 +24,13 @@ from .._config import Config, cli_flag
 from .._errors import ConfigError
 from .._front.adapter import WsgiToAsgi
 from .._logging import configure_cli
+from .._serve.access import AccessLog
+from .._serve.admin import AdminServer
 from .._serve.edge import MAX_CONNECTIONS, EdgeSettings, max_connections_for
 from .._serve.host import Listener, ServedApp, bind, server_name
 from .._titles import front_title, set_title
 from .._wire.appspec import label
+from .logconfig import apply_log_config
 from .parser import CERT_REQS, parse
 
 #: Exit statuses: bad usage or configuration; an address that cannot be bound; the app
@@ -60,20 +63,26 @@ class Serving:
             sys.path.insert(0, folder)
         names = {f.name for f in dataclasses.fields(Config)}
         options = {k: v for k, v in vars(args).items() if k in names and v is not None}
-        configure_cli(args.log_level)
+        if args.log_config:
+            apply_log_config(args.log_config)
+        configure_cli(args.log_level, args.log_format, configured=bool(args.log_config))
         self.app = WsgiToAsgi(args.app, **options)
+        check_admin(args, self.app)
         quiet_repeats()
         tls = tls_options(args)
         if args.header_timeout is not None and args.header_timeout <= 0:
             raise ConfigError(f"invalid header_timeout: {args.header_timeout}")
         self.http_parser = http_parser(args.http)
         self.listeners: list[Listener] = []
-        for address in args.bind:
+        self.admin: Listener | None = None
+        for address in [*args.bind, *([args.admin_bind] if args.admin_bind else [])]:
             try:
                 self.listeners.append(bind(address))
             except OSError as exc:
                 self.close()
                 raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror}") from exc
+        if args.admin_bind:
+            self.admin = self.listeners.pop()
         config = self.app.config
         graceful = config.graceful_timeout
         self.tls = bool(tls)
@@ -83,8 +92,8 @@ class Serving:
         )
         self.server = uvicorn.Server(
             uvicorn.Config(
-                self.served, lifespan="on", log_config=None, log_level=args.log_level,
-                access_log=args.access_log, root_path=args.root_path,
+                self.asgi_app(args), lifespan="on", log_config=None, log_level=args.log_level,
+                access_log=False, root_path=args.root_path,
                 proxy_headers=args.proxy_headers, forwarded_allow_ips=args.forwarded_allow_ips,
                 timeout_keep_alive=int(args.keep_alive),
                 timeout_graceful_shutdown=None if graceful is None else math.ceil(graceful),
@@ -93,6 +102,15 @@ class Serving:
                 **tls,
             )
         )  # fmt: skip
+
+    def asgi_app(self, args: argparse.Namespace) -> Any:
+        """What uvicorn runs: the served app, its access log, the admin listener."""
+        app: Any = self.served
+        if args.access_log:
+            app = AccessLog(app, args.access_log_format, self.app.config.request_id_header)
+        if self.admin is not None and self.app.observer is not None:
+            app = AdminServer(app, self.admin.sock, self.app.observer)
+        return app
 
     def max_connections(self, args: argparse.Namespace) -> int:
         """Fewer with a low descriptor limit: a connection past it would fail on accept."""
@@ -114,7 +132,8 @@ class Serving:
         extras = [name for name in ("health", "metrics", "status") if getattr(config, name)]
         text = f"serving {label(self.app.spec)} on {where} with {config.workers} workers"
         text += f" (wsgipool {__version__}, {server_name(self.http_parser)})"
-        return text + (f"; /-/ endpoints: {', '.join(extras)}" if extras else "")
+        text += f"; /-/ endpoints: {', '.join(extras)}" if extras else ""
+        return text + (f"; admin on {self.admin.url}" if self.admin is not None else "")
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT (or ``server.should_exit``); the exit status."""
@@ -149,8 +168,24 @@ class Serving:
                 signal.signal(sig, handler)
 
     def close(self) -> None:
-        for listener in self.listeners:
+        for listener in [*self.listeners, *([self.admin] if self.admin else [])]:
             listener.close()
+
+
+def check_admin(args: argparse.Namespace, app: WsgiToAsgi) -> None:
+    """The status page and the metrics only on the admin listener; the app's port keeps
+    the probes, with bare bodies."""
+    config, observer = app.config, app.observer
+    if observer is not None:
+        observer.private_pages = True
+    if args.admin_bind and observer is None:
+        raise ConfigError("--admin-bind serves the probes, --status and --metrics: turn one on")
+    if (config.status or config.metrics) and not args.admin_bind:
+        raise ConfigError(
+            "--status and --metrics show what runs inside (pids, memory, errors), so they "
+            "are served on a listener of their own: add --admin-bind 127.0.0.1:PORT "
+            "(or unix:PATH)"
+        )
 
 
 def flag_message(exc: ConfigError) -> str:

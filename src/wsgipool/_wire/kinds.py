@@ -44,6 +44,7 @@ class Hello(_HelloRequired, total=False):
     uid: int
     gid: int
     fork_fd: int  # preload: the template's end of the fork socket
+    log_format: str  # "text" or "json"
 
 
 class HelloFrame(NamedTuple):
