@@ -420,12 +420,20 @@ class Reader:
 
 
 class Front(ServerProcess):
-    """``python -m wsgipool serve ...`` in a subprocess on a free loopback port."""
+    """``python -m wsgipool serve ...`` in a subprocess on a free loopback port; with
+    ``--status`` or ``--metrics``, an admin listener on another one (see :meth:`admin`)."""
 
     def __init__(self, tmp_path: Path, *args: str, cwd: Path = TESTS, **env: str) -> None:
         port = free_port()
         argv = ["wsgipool", "serve", *args, "-b", f"127.0.0.1:{port}"]
+        self.admin_url = f"http://127.0.0.1:{free_port()}"
+        if {"--status", "--metrics"} & set(args) and "--admin-bind" not in args:
+            argv += ["--admin-bind", self.admin_url.removeprefix("http://")]
         super().__init__(argv, tmp_path / f"front-{port}.log", port, cwd, {**os.environ, **env})
 
     def get(self, path: str = "/") -> httpx.Response:
         return httpx.get(self.url + path, timeout=30)
+
+    def admin(self, path: str = "/-/status") -> httpx.Response:
+        """A page of the admin listener."""
+        return httpx.get(self.admin_url + path, timeout=30)

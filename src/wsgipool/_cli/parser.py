@@ -73,7 +73,9 @@ def one_of(*choices: str) -> Callable[[str], str]:
 
 
 def parse_admin_bind(text: str) -> str:
-    """One address, as ``--bind`` takes it."""
+    """One address, as ``--bind`` takes it; ``""``/``none``: no admin listener."""
+    if text.strip().lower() in ("", "none", "off"):
+        return ""
     binds = parse_binds(text)
     if len(binds) != 1:
         raise ValueError(f"one address only, got {text!r}")
