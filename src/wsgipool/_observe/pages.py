@@ -237,6 +237,22 @@ class PoolCollector:
         yield GaugeMetricFamily(
             "wsgipool_workers_target", "Worker processes the pool keeps up", value=stats.target
         )
+        busy = self.pool.busy_time
+        yield GaugeMetricFamily(
+            "wsgipool_workers_max", "Worker processes the pool may run (its capacity)",
+            value=busy.capacity,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "wsgipool_worker_busy_seconds",
+            "Worker-seconds spent on requests, from each request's dispatch to its worker's "
+            "release",
+            value=busy.total(),
+        )
+        yield GaugeMetricFamily(
+            "wsgipool_utilization",
+            f"Busy worker-seconds over capacity (workers_max) in the last {busy.window} s",
+            value=busy.recent(),
+        )
         restarts = CounterMetricFamily(
             "wsgipool_worker_restarts", "Workers replaced, by reason", labels=["reason"]
         )

@@ -32,6 +32,7 @@ from .._errors import (
     WorkerStartError,
 )
 from .._wire.appspec import AppSpec
+from .busy import BusyTime
 from .launch import MAX_BACKOFF, Launcher
 from .lease import Lease
 from .process import KILL_GRACE, WorkerProcess, describe_exit
@@ -74,6 +75,7 @@ class Pool:
         self.restarts = self.registry.restarts
         self._idle = self.registry.idle
         self._set_state = self.registry.set_state
+        self.busy_time = BusyTime(self.limit)  # from the leases' starts and ends
 
     # -- state ----------------------------------------------------------------------
 
@@ -227,6 +229,7 @@ class Pool:
                 return None
 
     def _lease(self, worker: WorkerProcess) -> Lease:
+        self.busy_time.start()  # until the lease calls release or discard
         return Lease(self, worker, self.config.timeout)
 
     def _checkout(self, worker: WorkerProcess) -> None:
@@ -257,7 +260,7 @@ class Pool:
         return waiter.worker, False
 
     def _unused(self, worker: WorkerProcess) -> None:
-        self.release(worker, served=False)
+        self._free(worker, served=False)
 
     def _offer(self, worker: WorkerProcess) -> None:
         """Give a free worker to the longest-waiting request, or park it as idle."""
@@ -269,10 +272,15 @@ class Pool:
     # -- endings (a lease calls release or discard) -----------------------------------
 
     def release(self, worker: WorkerProcess, served: bool = True) -> None:
-        """The worker is free again: recycle it if it is due, else reuse it.
+        """A lease ended: the worker is free again.
 
         ``served=False`` gives back a worker that never saw the request.
         """
+        self.busy_time.stop()
+        self._free(worker, served)
+
+    def _free(self, worker: WorkerProcess, served: bool) -> None:
+        """Recycle the worker if it is due, else reuse it."""
         slot = self.workers.get(worker)
         if slot is None or slot.state not in (State.BUSY, State.RETIRING):
             return  # stopped meanwhile (shutdown)
@@ -300,7 +308,9 @@ class Pool:
         self._set_state(worker, State.EXITING, reason, grace=RETIRE_GRACE)
 
     def discard(self, worker: WorkerProcess, reason: str) -> None:
-        """Kill a broken worker (the caller has logged why) and count the restart."""
+        """A lease ended badly: kill its worker (the caller has logged why) and count the
+        restart."""
+        self.busy_time.stop()
         self._set_state(worker, State.EXITING, reason)
 
     def lost(self, worker: WorkerProcess, why: str) -> None:
