@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
+from .._logging import request_id
 from .._types import Message, Receive, Scope, Send
 from .._wire.environ import cgi_environ
 
@@ -180,5 +181,13 @@ class AccessLog:
         finally:
             entry.seconds = time.perf_counter() - started
             if log.isEnabledFor(logging.INFO):
-                fields = entry.fields(self.rid_header)
-                log.info("%s", render(self.log_format, entry), extra={"access": fields})
+                self.log(entry)
+
+    def log(self, entry: Entry) -> None:
+        """One record, in the request's id as its other lines are (the id was set inside)."""
+        fields = entry.fields(self.rid_header)
+        token = request_id.set(fields["request_id"])
+        try:
+            log.info("%s", render(self.log_format, entry), extra={"access": fields})
+        finally:
+            request_id.reset(token)
