@@ -22,12 +22,12 @@ from .._pool.stats import PoolStats
 from .._pool.supervisor import supervise
 from .._types import Environ, Message, OptExcInfo, Receive, Scope, Send
 from .._wire.appspec import describe, label
-from .._wire.environ import TooManyHeadersError, cgi_environ, complete_environ
+from .._wire.environ import REQUEST_ID_KEY, TooManyHeadersError, cgi_environ, complete_environ
 from .._worker.wsgi import ErrorStream, FileWrapper, Responder
 from .exchange import Exchange
 from .guard import Refusals, refusal
 from .linger import answer_early, linger_before_reading
-from .request_id import ENVIRON_KEY, RequestIds
+from .request_id import RequestIds
 from .spool import MemoryBudget
 
 log = logging.getLogger("wsgipool.front")
@@ -166,7 +166,7 @@ async def serve(
         return
     rid = request_id.get()
     if rid is not None:
-        cgi[ENVIRON_KEY] = rid
+        cgi[REQUEST_ID_KEY] = rid
     exchange = Exchange(pool, budget, refusals, scope, receive, send)
     first = await exchange.first_message(cgi)
     if first is not None and first["type"] == "http.request":  # else: nobody to answer

@@ -13,8 +13,6 @@ import uuid
 
 from .._types import Message, Scope, Send
 
-#: The environ key under which the app finds the id (its header's key carries it too).
-ENVIRON_KEY = "wsgipool.request_id"
 #: What a client's id may be: at most 128 characters of these.
 SAFE_ID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
 

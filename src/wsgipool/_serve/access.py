@@ -104,13 +104,15 @@ class Atoms(Mapping[str, str]):
             return None
         micros = int(entry.seconds * 1_000_000)
         path = scope.get("path", "")
+        raw = scope.get("raw_path")  # as the client sent it, as gunicorn's %(r)s shows it
+        target = raw.decode("latin-1") if raw else path
         query = scope.get("query_string", b"").decode("latin-1")
         simple: dict[str, Any] = {
             "h": entry.client(),
             "l": "-",
             "u": basic_user(entry.request_header("authorization")),
             "t": time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(entry.started)),
-            "r": f"{scope.get('method', '')} {path}{'?' + query if query else ''} "
+            "r": f"{scope.get('method', '')} {target}{'?' + query if query else ''} "
             f"HTTP/{scope.get('http_version', '1.1')}",
             "s": str(entry.status),
             "m": scope.get("method"),

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .._logging import request_id
-from .._wire.environ import complete_environ
+from .._wire.environ import REQUEST_ID_KEY, complete_environ
 from .._wire.frames import END_FRAME, ERROR, LOG, Request, body_frames, pack, start_frame
 from .._wire.remote import dump
 from .channel import Channel
@@ -59,7 +59,7 @@ class Worker:
         self.responder = Responder(self.write)
         self.sent = 0
         environ = complete_environ(cgi, InputStream(channel.pull_body), self.errors, FileWrapper)
-        token = request_id.set(cgi.get("wsgipool.request_id"))  # on the app's log lines
+        token = request_id.set(cgi.get(REQUEST_ID_KEY))  # on the app's log lines
         try:
             self.run(environ)
         finally:
