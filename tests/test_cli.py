@@ -117,6 +117,7 @@ def test_usage_errors_exit_2(
         (["--log-format", "xml"], "--log-format must be text or json, got 'xml'"),
         (["--request-id-header", "X Id"], "--request-id-header must be a header name"),
         (["--log-config", "/no/such/file.json"], "--log-config: no such file"),
+        (["--access-log-format", "%(h)d"], "--access-log-format '%(h)d': "),
     ],
 )
 def test_value_errors_name_the_flag_and_the_valid_range(

@@ -14,7 +14,7 @@ import pytest
 from wsgipool._cli.logconfig import apply_log_config
 from wsgipool._errors import ConfigError
 from wsgipool._front.request_id import RequestIds
-from wsgipool._serve.access import DEFAULT_FORMAT, Entry, render
+from wsgipool._serve.access import DEFAULT_FORMAT, AccessFormat, Entry, render
 
 STARTED = 1_700_000_000.25
 
@@ -83,8 +83,10 @@ def test_gunicorns_default_line_and_an_empty_body() -> None:
     assert render("%(b)s %(B)s", entry) == "- 0"  # as gunicorn: b is '-' for no body
 
 
-def test_a_broken_format_says_so_instead_of_failing_the_request() -> None:
-    assert render("%(h)d", fixed_entry()).startswith("bad access log format")
+def test_a_format_that_cannot_render_is_refused_at_start() -> None:
+    with pytest.raises(ConfigError, match="--access-log-format"):
+        AccessFormat("%(h)d")
+    assert AccessFormat("%(h)s %%(s)s 100%%").render(fixed_entry()) == "192.0.2.7 %(s)s 100%"
 
 
 @pytest.mark.parametrize(

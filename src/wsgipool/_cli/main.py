@@ -24,7 +24,7 @@ from .._config import Config, cli_flag
 from .._errors import ConfigError
 from .._front.adapter import WsgiToAsgi
 from .._logging import configure_cli
-from .._serve.access import AccessLog
+from .._serve.access import AccessFormat, AccessLog
 from .._serve.admin import AdminServer
 from .._serve.edge import MAX_CONNECTIONS, EdgeSettings, max_connections_for
 from .._serve.host import Listener, ServedApp, bind, server_name
@@ -68,6 +68,7 @@ class Serving:
         configure_cli(args.log_level, args.log_format, configured=bool(args.log_config))
         self.app = WsgiToAsgi(args.app, **options)
         check_admin(args, self.app)
+        self.access_format = AccessFormat(args.access_log_format) if args.access_log else None
         quiet_repeats()
         tls = tls_options(args)
         if args.header_timeout is not None and args.header_timeout <= 0:
@@ -106,8 +107,8 @@ class Serving:
     def asgi_app(self, args: argparse.Namespace) -> Any:
         """What uvicorn runs: the served app, its access log, the admin listener."""
         app: Any = self.served
-        if args.access_log:
-            app = AccessLog(app, args.access_log_format, self.app.config.request_id_header)
+        if self.access_format is not None:
+            app = AccessLog(app, self.access_format, self.app.config.request_id_header)
         if self.admin is not None and self.app.observer is not None:
             app = AdminServer(app, self.admin.sock, self.app.observer)
         return app

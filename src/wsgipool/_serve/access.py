@@ -6,6 +6,8 @@ its response and writes one record to the ``wsgipool.access`` logger. The text i
 ``--access-log-format`` rendered with gunicorn's atoms (``%(h)s %(r)s %(s)s %(b)s
 %(D)s %({x-request-id}o)s`` ...; an atom it does not know renders as ``-``); the record
 also carries the entry as fields (``record.access``), which the JSON formatter writes.
+The format is read once (:class:`AccessFormat`): a format that cannot render is refused at
+start, and each line computes only the atoms its format names.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import base64
 import binascii
 import logging
 import os
+import re
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .._errors import ConfigError
 from .._logging import request_id
 from .._types import Message, Receive, Scope, Send
 from .._wire.environ import cgi_environ
@@ -75,61 +79,77 @@ class Entry:
         }
 
 
-class Atoms(Mapping[str, str]):
-    """gunicorn's atoms of one entry, computed when the format asks for them."""
+def _duration(entry: Entry, unit: int) -> str:
+    return str(int(entry.seconds * 1_000_000) // unit)
 
-    def __init__(self, entry: Entry) -> None:
-        self.entry = entry
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(())
+def _protocol(entry: Entry) -> str:
+    return f"HTTP/{entry.scope.get('http_version', '1.1')}"
 
-    def __len__(self) -> int:
-        return 0
 
-    def __getitem__(self, key: str) -> str:
-        value = self.atom(key)
-        return "-" if value is None or value == "" else value
+def _request_line(entry: Entry) -> str:
+    """Method, the path as the client sent it (as gunicorn shows it), the query, protocol."""
+    scope = entry.scope
+    raw = scope.get("raw_path")
+    target = raw.decode("latin-1") if raw else scope.get("path", "")
+    query = scope.get("query_string", b"").decode("latin-1")
+    return f"{scope.get('method', '')} {target}{'?' + query if query else ''} {_protocol(entry)}"
 
-    def atom(self, key: str) -> str | None:
-        entry, scope = self.entry, self.entry.scope
-        if key.startswith("{") and key[-2:-1] == "}" and len(key) > 3:
-            name, kind = key[1:-2], key[-1]
-            if kind == "i":
-                return entry.request_header(name)
-            if kind == "o":
-                return entry.response_header(name)
-            if kind == "e":
-                return str(cgi_environ(scope, None).get(name) or "") or None
-            return None
-        micros = int(entry.seconds * 1_000_000)
-        path = scope.get("path", "")
-        raw = scope.get("raw_path")  # as the client sent it, as gunicorn's %(r)s shows it
-        target = raw.decode("latin-1") if raw else path
-        query = scope.get("query_string", b"").decode("latin-1")
-        simple: dict[str, Any] = {
-            "h": entry.client(),
-            "l": "-",
-            "u": basic_user(entry.request_header("authorization")),
-            "t": time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(entry.started)),
-            "r": f"{scope.get('method', '')} {target}{'?' + query if query else ''} "
-            f"HTTP/{scope.get('http_version', '1.1')}",
-            "s": str(entry.status),
-            "m": scope.get("method"),
-            "U": path,
-            "q": query,
-            "H": f"HTTP/{scope.get('http_version', '1.1')}",
-            "b": str(entry.bytes) if entry.bytes else "-",
-            "B": str(entry.bytes),
-            "f": entry.request_header("referer"),
-            "a": entry.request_header("user-agent"),
-            "T": str(micros // 1_000_000),
-            "D": str(micros),
-            "M": str(micros // 1000),
-            "L": f"{micros // 1_000_000}.{micros % 1_000_000:06d}",
-            "p": f"<{os.getpid()}>",
-        }
-        return simple.get(key)
+
+#: gunicorn's one-letter atoms, each computed only if the format uses it.
+LETTERS: dict[str, Callable[[Entry], Any]] = {
+    "h": Entry.client,
+    "l": lambda entry: "-",
+    "u": lambda entry: basic_user(entry.request_header("authorization")),
+    "t": lambda entry: time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(entry.started)),
+    "r": _request_line,
+    "s": lambda entry: str(entry.status),
+    "m": lambda entry: entry.scope.get("method"),
+    "U": lambda entry: entry.scope.get("path"),
+    "q": lambda entry: entry.scope.get("query_string", b"").decode("latin-1"),
+    "H": _protocol,
+    "b": lambda entry: str(entry.bytes) if entry.bytes else None,
+    "B": lambda entry: str(entry.bytes),
+    "f": lambda entry: entry.request_header("referer"),
+    "a": lambda entry: entry.request_header("user-agent"),
+    "T": lambda entry: _duration(entry, 1_000_000),
+    "M": lambda entry: _duration(entry, 1000),
+    "D": lambda entry: _duration(entry, 1),
+    "L": lambda entry: f"{_duration(entry, 1_000_000)}.{_duration(entry, 1)[-6:]:0>6}",
+    "p": lambda entry: f"<{os.getpid()}>",
+}
+_ATOM = re.compile(r"%\(([^)]*)\)")
+
+
+def atom(key: str, entry: Entry) -> str:
+    """One atom of ``entry``: a letter, or ``{name}`` and ``i``/``o``/``e``; ``-`` if none."""
+    if key.startswith("{") and key[-2:-1] == "}" and len(key) > 3:
+        name, kind = key[1:-2], key[-1]
+        if kind == "i":
+            value = entry.request_header(name)
+        elif kind == "o":
+            value = entry.response_header(name)
+        else:
+            value = cgi_environ(entry.scope, None).get(name) if kind == "e" else None
+    else:
+        letter = LETTERS.get(key)
+        value = None if letter is None else letter(entry)
+    return "-" if value is None or value == "" else str(value)
+
+
+class AccessFormat:
+    """An access log format, read once: only the atoms it names are computed per line."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.keys = tuple(dict.fromkeys(_ATOM.findall(text)))
+        try:
+            text % dict.fromkeys(self.keys, "-")
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ConfigError(f"--access-log-format {text!r}: {exc}") from None
+
+    def render(self, entry: Entry) -> str:
+        return self.text % {key: atom(key, entry) for key in self.keys}
 
 
 def basic_user(authorization: str | None) -> str | None:
@@ -144,19 +164,16 @@ def basic_user(authorization: str | None) -> str | None:
 
 
 def render(log_format: str, entry: Entry) -> str:
-    """``log_format`` with each atom of ``entry`` in place (a broken format: said so)."""
-    try:
-        return log_format % Atoms(entry)
-    except (TypeError, ValueError, KeyError) as exc:
-        return f"bad access log format ({exc}): {log_format!r}"
+    """``log_format`` with each atom of ``entry`` in place."""
+    return AccessFormat(log_format).render(entry)
 
 
 class AccessLog:
     """ASGI middleware: times each ``http`` request and logs it once it is over."""
 
-    def __init__(self, app: ASGIApp, log_format: str, rid_header: str = "") -> None:
+    def __init__(self, app: ASGIApp, log_format: AccessFormat, rid_header: str = "") -> None:
         self.app = app
-        self.log_format = log_format
+        self.format = log_format
         self.rid_header = rid_header
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -190,6 +207,6 @@ class AccessLog:
         fields = entry.fields(self.rid_header)
         token = request_id.set(fields["request_id"])
         try:
-            log.info("%s", render(self.log_format, entry), extra={"access": fields})
+            log.info("%s", self.format.render(entry), extra={"access": fields})
         finally:
             request_id.reset(token)
