@@ -122,6 +122,8 @@ class FallbackHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def _formatted(handler: logging.Handler, log_format: str = "text") -> logging.Handler:
+    if log_format == "json":
+        logging.captureWarnings(True)  # a warning would otherwise be a line of plain text
     handler.setFormatter(formatter(log_format))
     handler.addFilter(RequestIdFilter())
     return handler
