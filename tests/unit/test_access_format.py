@@ -1,5 +1,5 @@
 """The access line in gunicorn's atoms, rendered against one fixed request; request ids;
-the errors of ``--log-config``."""
+the errors of ``--log-config``; which admin addresses other hosts may reach."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from wsgipool._cli.logconfig import apply_log_config
 from wsgipool._errors import ConfigError
 from wsgipool._front.request_id import RequestIds
 from wsgipool._serve.access import DEFAULT_FORMAT, AccessFormat, Entry, render
+from wsgipool._serve.admin import private_address
 
 STARTED = 1_700_000_000.25
 
@@ -126,3 +127,21 @@ def test_log_config_errors_name_the_file(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setitem(sys.modules, "yaml", None)  # as if PyYAML were not installed
     with pytest.raises(ConfigError, match="needs PyYAML"):
         apply_log_config(str(yaml_file))
+
+
+@pytest.mark.parametrize(
+    ("address", "private"),
+    [
+        ("127.0.0.1:9000", True),
+        ("[::1]:9000", True),
+        ("localhost:9000", True),
+        ("unix:/run/admin.sock", True),
+        ("0.0.0.0:9000", False),
+        (":9000", False),
+        ("10.1.2.3:9000", False),
+    ],
+)
+def test_an_admin_address_reachable_from_elsewhere_is_told_apart(
+    address: str, private: bool
+) -> None:
+    assert private_address(address) is private

@@ -25,7 +25,7 @@ from .._errors import ConfigError
 from .._front.adapter import WsgiToAsgi
 from .._logging import configure_cli
 from .._serve.access import AccessFormat, AccessLog
-from .._serve.admin import AdminServer
+from .._serve.admin import AdminServer, warn_if_public
 from .._serve.edge import MAX_CONNECTIONS, EdgeSettings, max_connections_for
 from .._serve.host import Listener, ServedApp, bind, server_name
 from .._titles import front_title, set_title
@@ -84,6 +84,7 @@ class Serving:
                 raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror}") from exc
         if args.admin_bind:
             self.admin = self.listeners.pop()
+            warn_if_public(args.admin_bind)
         config = self.app.config
         graceful = config.graceful_timeout
         self.tls = bool(tls)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http
+import ipaddress
+import logging
 import socket
 from typing import Protocol
 from urllib.parse import unquote
@@ -24,11 +26,37 @@ import anyio
 
 from .._types import Message, Receive, Scope, Send
 from .access import ASGIApp
+from .host import split_address
+
+log = logging.getLogger("wsgipool.cli")
 
 #: Largest request head accepted, and how long it may take to arrive.
 HEAD_LIMIT = 8192
 HEAD_TIMEOUT = 10.0
 _MISSING = b"not found\n"
+
+
+def private_address(address: str) -> bool:
+    """A unix socket or a loopback address: reachable from this host only."""
+    if address.startswith("unix:"):
+        return True
+    host, _ = split_address(address)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_public(address: str) -> None:
+    """Any address is allowed (Prometheus scrapes a pod's own IP), but said out loud."""
+    if not private_address(address):
+        log.warning(
+            "the admin listener on %s shows pids, memory and errors: make sure only "
+            "operators and the metrics scraper reach it",
+            address,
+        )
 
 
 class Pages(Protocol):
