@@ -137,17 +137,14 @@ build_image() {
         || { tail -30 "$work/build.log"; fail "podman build"; }
 }
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 start() {
-    local name=$1 port=$2
+    local name=$1 port=$2 admin=$3
     # As the compose file runs it: read-only root, no capabilities. Host network,
-    # bound to loopback only.
+    # bound to loopback only; the detailed probes on an admin listener of their own.
     timeout 120 podman run --detach --name "$name" "${run_opts[@]}" --network host \
         --read-only --tmpfs /tmp --cap-drop ALL --security-opt no-new-privileges \
         --env "WSGIPOOL_BIND=127.0.0.1:$port" --env WSGIPOOL_WORKERS=2 \
+        --env WSGIPOOL_STATUS=true --env "WSGIPOOL_ADMIN_BIND=127.0.0.1:$admin" \
         --env "HEALTHCHECK_URL=http://127.0.0.1:$port/-/healthz" \
         --env WSGIPOOL_GRACEFUL_TIMEOUT=20 \
         "$tag" > /dev/null 2> "$work/run-$name.log" || { cat "$work/run-$name.log"; fail "podman run $name"; }
@@ -175,12 +172,15 @@ PY
 
 run_containers() {
     step="run"
-    port_a=$(free_port)
-    port_b=$(free_port)
-    while [[ "$port_b" == "$port_a" ]]; do port_b=$(free_port); done
+    read -r port_a port_b admin_a admin_b < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(4)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))')
     say "starting $name_a on 127.0.0.1:$port_a and $name_b on 127.0.0.1:$port_b"
-    start "$name_a" "$port_a"
-    start "$name_b" "$port_b"
+    start "$name_a" "$port_a" "$admin_a"
+    start "$name_b" "$port_b" "$admin_b"
     wait_ready "$name_a" "$port_a"
     wait_ready "$name_b" "$port_b"
     step="image checks"
@@ -200,10 +200,11 @@ run_containers() {
 load_and_terminate() {
     step="load and SIGTERM"
     say "load on both, SIGTERM to $name_a mid-load"
-    python3 - "$port_a" "$port_b" "$name_a" <<'PY' || fail "see above"
+    python3 - "$port_a" "$port_b" "$name_a" "$admin_a" <<'PY' || fail "see above"
 import http.client, json, subprocess, sys, threading, time
 
 port_a, port_b, name_a = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+admin_a = int(sys.argv[4])
 WARMUP, AFTER = 3.0, 6.0  # seconds of load before SIGTERM, and on B after it
 PATHS = ("/", "/", "/slow?s=0.2")
 lock = threading.Lock()
@@ -258,7 +259,7 @@ for thread in tail:
     thread.start()
 deadline = time.monotonic() + 10
 while True:
-    ok, body = request(port_a, "/-/readyz")
+    ok, body = request(admin_a, "/-/readyz")  # the summary is on the admin listener
     if ok and json.loads(body)["busy"] == 2:
         break
     if time.monotonic() > deadline:

@@ -541,3 +541,16 @@ def datapath(environ: Environ, start_response: Any) -> Iterable[bytes]:
     if environ["REQUEST_METHOD"] == "POST":
         return digest(environ, start_response)
     return pieces_download(environ, start_response)
+
+
+def logs_sleeps(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """Logs a line with the standard library, sleeps ``?s=`` seconds, raises with
+    ``?raise=1``, else answers ``app: PATH``."""
+    import logging
+
+    logging.getLogger("myapp").info("serving %s", environ["PATH_INFO"])
+    time.sleep(float(_q(environ, "s", "0")))
+    if _q(environ, "raise"):
+        raise RuntimeError("a failure of the app\nover two lines")
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"app: " + environ["PATH_INFO"].encode("latin-1")]

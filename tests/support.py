@@ -241,10 +241,12 @@ class ServerProcess:
     port; its stdout and stderr go to one log file."""
 
     def __init__(
-        self, argv: Sequence[str], log: Path, port: int, cwd: Path, env: dict[str, str]
-    ) -> None:
+        self, argv: Sequence[str], log: Path, port: int, cwd: Path, env: dict[str, str],
+        admin_url: str = "",
+    ) -> None:  # fmt: skip
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self.admin_url = admin_url  # where --admin-bind listens, if it was given
         self.log_path = log
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
@@ -420,12 +422,21 @@ class Reader:
 
 
 class Front(ServerProcess):
-    """``python -m wsgipool serve ...`` in a subprocess on a free loopback port."""
+    """``python -m wsgipool serve ...`` in a subprocess on a free loopback port; with
+    ``--status`` or ``--metrics``, an admin listener on another one (see :meth:`admin`)."""
 
     def __init__(self, tmp_path: Path, *args: str, cwd: Path = TESTS, **env: str) -> None:
         port = free_port()
         argv = ["wsgipool", "serve", *args, "-b", f"127.0.0.1:{port}"]
-        super().__init__(argv, tmp_path / f"front-{port}.log", port, cwd, {**os.environ, **env})
+        admin_url = f"http://127.0.0.1:{free_port()}"
+        if {"--status", "--metrics"} & set(args) and "--admin-bind" not in args:
+            argv += ["--admin-bind", admin_url.removeprefix("http://")]
+        log = tmp_path / f"front-{port}.log"
+        super().__init__(argv, log, port, cwd, {**os.environ, **env}, admin_url)
 
     def get(self, path: str = "/") -> httpx.Response:
         return httpx.get(self.url + path, timeout=30)
+
+    def admin(self, path: str = "/-/status") -> httpx.Response:
+        """A page of the admin listener."""
+        return httpx.get(self.admin_url + path, timeout=30)

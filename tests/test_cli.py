@@ -112,6 +112,12 @@ def test_usage_errors_exit_2(
         (["--max-rss", "lots"], "--max-rss must be a size such as 512MiB, 2GB or 1048576"),
         (["-w", "2", "--max-workers", "1"], "--max-workers must be at least workers (2), got 1"),
         (["--metrics-path", "metrics"], "--metrics-path must be a path starting with '/'"),
+        (["--status"], "served on a listener of their own: add --admin-bind 127.0.0.1:PORT"),
+        (["--admin-bind", "nowhere"], "--admin-bind: not HOST:PORT or unix:PATH"),
+        (["--log-format", "xml"], "--log-format must be text or json, got 'xml'"),
+        (["--request-id-header", "X Id"], "--request-id-header must be a header name"),
+        (["--log-config", "/no/such/file.json"], "--log-config: no such file"),
+        (["--access-log-format", "%(h)d"], "--access-log-format '%(h)d': "),
     ],
 )
 def test_value_errors_name_the_flag_and_the_valid_range(
@@ -158,7 +164,7 @@ def test_serving_in_a_thread_on_tcp_and_unix_sockets(tmp_path: Path) -> None:
             assert pid != os.getpid()
             probe = client.get("/-/readyz")  # health is on under `wsgipool serve`
             assert probe.status_code == 200
-            assert probe.json()["workers"] == 1
+            assert probe.json() == {"status": "ok"}  # no details on the app's port
             assert client.get("/-/status").text == str(pid)  # off: the app answers
         transport = httpx.HTTPTransport(uds=str(path))
         with httpx.Client(transport=transport, base_url="http://front", timeout=30) as client:
@@ -185,12 +191,12 @@ def test_port_in_use_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_drains_and_exits_0(front: Callable[..., Front], sig: int) -> None:
-    server = front("apps:fail", "-w", "2", "--graceful-timeout", "20").ready()
+    server = front("apps:fail", "-w", "2", "--graceful-timeout", "20", "--status").ready()
     assert title(server.proc.pid) == "wsgipool: front [apps:fail]"
     slow: list[httpx.Response] = []
     thread = threading.Thread(target=lambda: slow.append(server.get("/?how=sleep&s=1")))
     thread.start()
-    wait_for(lambda: server.get("/-/readyz").json()["busy"] == 1, what="a busy worker")
+    wait_for(lambda: server.admin("/-/readyz").json()["busy"] == 1, what="a busy worker")
     busy_pids = sorted(children_of(server.proc.pid))
     assert {title(p) for p in busy_pids} == {
         "wsgipool: worker 1 [apps:fail]",
@@ -258,8 +264,9 @@ def test_reload_restarts_workers_when_a_source_file_changes(
 
 
 def test_console_script_and_environment(front: Callable[..., Front], tmp_path: Path) -> None:
-    port = free_port()
-    env = {**os.environ, "WSGIPOOL_BIND": f"127.0.0.1:{port}", "WSGIPOOL_WORKERS": "2"}
+    port, admin = free_port(), free_port()
+    env = {**os.environ, "WSGIPOOL_BIND": f"127.0.0.1:{port}", "WSGIPOOL_WORKERS": "2",
+           "WSGIPOOL_ADMIN_BIND": f"127.0.0.1:{admin}"}  # fmt: skip
     script = Path(sys.executable).with_name("wsgipool")
     proc = subprocess.Popen(
         [str(script), "serve", "apps:hello", "--status"],
@@ -271,13 +278,15 @@ def test_console_script_and_environment(front: Callable[..., Front], tmp_path: P
         def ready() -> bool:
             assert proc.poll() is None
             try:
-                return bool(httpx.get(url + "/-/readyz", timeout=2).json()["workers"] == 2)
+                answer = httpx.get(f"http://127.0.0.1:{admin}/-/readyz", timeout=2).json()
+                return bool(answer["workers"] == 2)
             except httpx.TransportError:
                 return False
 
         wait_for(ready, what="two workers")
         assert httpx.get(url + "/").text == "Hello, world!"
-        assert "<table" in httpx.get(url + "/-/status").text
+        assert "<table" in httpx.get(f"http://127.0.0.1:{admin}/-/status").text
+        assert httpx.get(url + "/-/status").text == "Hello, world!"  # not on the app's port
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:

@@ -54,11 +54,12 @@ TESTS = Path(__file__).parent
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[ServerProcess]:
     """``wsgipool serve`` of the stuck apps, one worker, with slow-request logs at 0.2 s."""
-    port = free_port()
+    port, admin = free_port(), free_port()
     argv = ["wsgipool", "serve", "debug_apps:app", "-w", "1", "-b", f"127.0.0.1:{port}",
-            "--status", "--health", "--slow-request", "0.2",
-            "--graceful-timeout", "0.5"]  # fmt: skip
-    server = ServerProcess(argv, tmp_path / "server.log", port, TESTS, python_env(TESTS))
+            "--status", "--health", "--admin-bind", f"127.0.0.1:{admin}",
+            "--slow-request", "0.2", "--graceful-timeout", "0.5"]  # fmt: skip
+    log, admin_url = tmp_path / "server.log", f"http://127.0.0.1:{admin}"
+    server = ServerProcess(argv, log, port, TESTS, python_env(TESTS), admin_url)
     yield server.ready()
     server.stop()
 
@@ -174,8 +175,9 @@ def test_slow_requests_are_logged_once_and_go_on_and_busy_workers_are_shown(
 
         stuck = threading.Thread(target=lambda: _get_quietly(served.url + "/sleep?id=7"))
         stuck.start()
-        wait_for(lambda: "GET /sleep?id=7" in client.get("/-/status").text)
-        page = client.get("/-/status").text
+        status = served.admin_url + "/-/status"
+        wait_for(lambda: "GET /sleep?id=7" in client.get(status).text)
+        page = client.get(status).text
         row = re.search(r'<tr><td>1</td>.*<code>GET /sleep\?id=7</code></td>'
                         r"<td>127\.0\.0\.1:\d+</td><td>\d+\.\ds</td></tr>", page)  # fmt: skip
         assert row, page

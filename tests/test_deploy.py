@@ -292,3 +292,25 @@ def test_compose_nginx_reaches_the_app_port() -> None:
     assert grace > float(app["environment"]["WSGIPOOL_GRACEFUL_TIMEOUT"])
     nginx_conf = (DEPLOY / "nginx" / "nginx.conf").read_text()
     assert re.search(rf"^\s*server app:{port}\b", nginx_conf, re.MULTILINE)
+
+
+# --- autoscaling on utilization ---------------------------------------------------------
+
+
+def test_utilization_hpa_reads_the_metric_its_adapter_rule_makes(
+    k8s: dict[str, Any],
+) -> None:
+    folder = K8S / "autoscaling"
+    hpa = yaml.safe_load((folder / "hpa.yaml").read_text())
+    adapter = yaml.safe_load((folder / "prometheus-adapter.yaml").read_text())
+    # It replaces the CPU HPA: the same object, the same target.
+    assert hpa["metadata"]["name"] == k8s["HorizontalPodAutoscaler"]["metadata"]["name"]
+    assert hpa["spec"]["scaleTargetRef"] == k8s["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]
+    [metric] = hpa["spec"]["metrics"]
+    [rule] = yaml.safe_load(adapter["data"]["config.yaml"])["rules"]
+    assert metric["type"] == "Pods"
+    assert metric["pods"]["metric"]["name"] == rule["name"]["as"]
+    # The rule's series are ones wsgipool exports (named in its metrics code).
+    exported = (DEPLOY.parent / "src" / "wsgipool" / "_observe" / "pages.py").read_text()
+    for series in re.findall(r"wsgipool_\w+", rule["seriesQuery"] + rule["metricsQuery"]):
+        assert f'"{series.removesuffix("_total")}"' in exported, series

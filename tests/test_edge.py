@@ -92,7 +92,7 @@ def serve(front: Callable[..., Front], parser: str, *args: str) -> Front:
 
 
 def metric(server: Front, name: str, **labels: str) -> float:
-    text = server.get("/-/metrics").text
+    text = server.admin("/-/metrics").text
     wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     for line in text.splitlines():
         metric_name, _, value = line.rpartition(" ")
@@ -196,7 +196,7 @@ def test_hostile_requests_never_reach_the_app(front: Callable[..., Front], parse
     assert metric(server, refused, status="431", reason="field_size") == 1
     framing = {"httptools": "invalid", "h11": "framing"}[parser]  # llhttp refuses it itself
     assert metric(server, refused, status="400", reason=framing) == 1
-    page = server.get("/-/status").text
+    page = server.admin("/-/status").text
     assert "405 connect: 20" in page
     assert "414 request_line: 1" in page
     log = server.output()

@@ -13,8 +13,8 @@ import pytest
 from support import ServerProcess, free_port, host_command, python_env
 
 TESTS = Path(__file__).parent
-#: A line in wsgipool's format: timestamp, pid, level, logger.
-LINE = r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\] \[\d+\] \[%s\] %s: %s"
+#: A line in wsgipool's format: timestamp, pid, level, the request's id inside one, logger.
+LINE = r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\] \[\d+\] \[%s\] (?:\[[^\]]+\] )?%s: %s"
 
 Start = Callable[..., ServerProcess]
 
@@ -93,9 +93,12 @@ def test_app_without_logging_setup_gets_a_root_handler(start: Start, tmp_path: P
     port = free_port()
     argv = ["wsgipool", "serve", "apps:logs", "-w", "1", "-b", f"127.0.0.1:{port}"]
     server = start(argv, port).ready()
-    assert httpx.get(server.url + "/", timeout=30).status_code == 200
+    response = httpx.get(server.url + "/", timeout=30)
+    assert response.status_code == 200
     text = server.output()
     assert len(found(LINE % ("INFO", "myapp", "hello from the app$"), text)) == 1
+    rid = response.headers["x-request-id"]  # made by the front: the client sent none
+    assert f"[INFO] [{rid}] myapp: hello from the app" in text
 
 
 @pytest.mark.parametrize(

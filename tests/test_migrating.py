@@ -58,13 +58,13 @@ def test_both_files_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_the_converted_file_serves_django(tmp_path: Path) -> None:
-    front = Front(tmp_path, "-c", str(CONVERTED), "--chdir", str(DJANGO),
+    front = Front(tmp_path, "-c", str(CONVERTED), "--chdir", str(DJANGO), "--status",
                   "mysite.wsgi:application", DJANGO_DATA_DIR=str(tmp_path))  # fmt: skip
     try:
         front.ready()
         answer = front.get("/").json()
         assert answer["hello"] == "from Django"
-        readiness = front.get("/-/readyz").json()
+        readiness = front.admin("/-/readyz").json()  # the details are on the admin listener
         assert readiness["idle"] + readiness["busy"] == 3  # workers = 3, from the file
         assert front.stop() == 0
     finally:

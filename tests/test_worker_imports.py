@@ -37,10 +37,7 @@ def outside_the_worker(modules: set[str]) -> list[str]:
 
 def test_the_worker_entry_loads_only_its_rooms() -> None:
     # A fresh interpreter imports what ``python -m wsgipool._worker`` imports.
-    code = (
-        "import json, sys; import wsgipool._worker.main; "
-        "print(json.dumps(sorted(sys.modules)))"
-    )
+    code = "import json, sys; import wsgipool._worker.main; print(json.dumps(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60)  # fmt: skip
     modules = set(json.loads(out.stdout))

@@ -81,6 +81,11 @@ def parse_level(text: str) -> str:
     return text.strip().lower()
 
 
+def parse_header_name(text: str) -> str:
+    """``"X-Request-ID"``; ``"none"``/``"off"`` -> ``""`` (the feature is off)."""
+    return "" if text.strip().lower() in _OFF else text.strip()
+
+
 def parse_names(text: str) -> tuple[str, ...]:
     """``"PATH, HOME"`` -> ``("PATH", "HOME")``."""
     return tuple(name.strip() for name in text.split(",") if name.strip())
@@ -124,6 +129,11 @@ LEVEL = Rule(f"one of {', '.join(LOG_LEVELS)}", lambda v: v.lower() in LOG_LEVEL
 PATH = Rule("a path starting with '/'", lambda v: v.startswith("/"))
 AT_LEAST_0_OR_NONE = Rule("at least 0, or none", lambda v: v is None or v >= 0)
 APP_ERRORS = Rule("raise or respond", lambda v: v in ("raise", "respond"))
+LOG_FORMAT = Rule("text or json", lambda v: v in ("text", "json"))
+HEADER_NAME = Rule(
+    "a header name (letters, digits, '-'), or none",
+    lambda v: v == "" or re.fullmatch(r"[A-Za-z0-9-]{1,64}", v) is not None,
+)
 
 
 def option(
@@ -335,6 +345,21 @@ class Config:
         "the proxy headers applied: some of forwarded, x-forwarded-for, x-forwarded-proto, "
         "x-forwarded-host, x-forwarded-port, x-forwarded-prefix",
         parse_names,
+    )
+    log_format: str = option(
+        "text",
+        "text, or json: one JSON object per line (time, level, logger, pid, message, "
+        "request_id), from the front and the workers",
+        str,
+        rule=LOG_FORMAT,
+    )
+    request_id_header: str = option(
+        "",
+        "take each request's id from this header (a new one if absent or unsafe), give it "
+        "to the app, echo it on the response and put it on the request's log lines; "
+        "none: off",
+        parse_header_name,
+        rule=HEADER_NAME,
     )
     health: bool = option(
         False, "answer /-/healthz (the front is up) and /-/readyz (a worker is ready)", parse_bool

@@ -26,11 +26,14 @@ from .._cpus import usable_cpus
 from .._errors import ConfigError
 from .._front.adapter import WsgiToAsgi
 from .._logging import configure_cli
+from .._serve.access import AccessFormat, AccessLog
+from .._serve.admin import AdminServer, warn_if_public
 from .._serve.edge import MAX_CONNECTIONS, EdgeSettings, max_connections_for
 from .._serve.host import Listener, ServedApp, bind, server_name
 from .._serve.sockets import inherited, systemd_fds
 from .._titles import front_title, set_title
 from .._wire.appspec import label
+from .logconfig import apply_log_config
 from .parser import CERT_REQS, all_options, parse, shown
 
 log = logging.getLogger("wsgipool.cli")
@@ -63,16 +66,30 @@ class Serving:
             if folder in sys.path:
                 sys.path.remove(folder)
             sys.path.insert(0, folder)
-        configure_cli(args.log_level)
+        if args.log_config:
+            apply_log_config(args.log_config)
+        configure_cli(args.log_level, args.log_format, configured=bool(args.log_config))
         for warning in args.warnings:
             log.warning("%s", warning)
         self.app = WsgiToAsgi(args.app, **pool_options(args))
+        check_admin(args, self.app)
+        self.access_format = AccessFormat(args.access_log_format) if args.access_log else None
         quiet_repeats()
         tls = tls_options(args)
         if args.header_timeout is not None and args.header_timeout <= 0:
             raise ConfigError(f"invalid header_timeout: {args.header_timeout}")
         self.http_parser = http_parser(args.http)
         self.listeners = listeners(args)
+        self.admin: Listener | None = None
+        if args.admin_bind:
+            try:
+                self.admin = bind(args.admin_bind)
+            except OSError as exc:
+                self.close()
+                raise OSError(
+                    exc.errno, f"cannot listen on {args.admin_bind}: {exc.strerror}"
+                ) from exc
+            warn_if_public(args.admin_bind)
         self.workers_from = "" if args.sources.get("workers") != "default" else usable_cpus()[1]
         config = self.app.config
         graceful = config.graceful_timeout
@@ -83,8 +100,8 @@ class Serving:
         )
         self.server = uvicorn.Server(
             uvicorn.Config(
-                self.served, lifespan="on", log_config=None, log_level=args.log_level,
-                access_log=args.access_log, root_path=args.root_path,
+                self.asgi_app(args), lifespan="on", log_config=None, log_level=args.log_level,
+                access_log=False, root_path=args.root_path,
                 proxy_headers=False,  # the adapter applies them (proxy_headers)
                 timeout_keep_alive=int(args.keep_alive),
                 timeout_graceful_shutdown=None if graceful is None else math.ceil(graceful),
@@ -93,6 +110,15 @@ class Serving:
                 **tls,
             )
         )  # fmt: skip
+
+    def asgi_app(self, args: argparse.Namespace) -> Any:
+        """What uvicorn runs: the served app, its access log, the admin listener."""
+        app: Any = self.served
+        if self.access_format is not None:
+            app = AccessLog(app, self.access_format, self.app.config.request_id_header)
+        if self.admin is not None and self.app.observer is not None:
+            app = AdminServer(app, self.admin.sock, self.app.observer)
+        return app
 
     def max_connections(self, args: argparse.Namespace) -> int:
         """Fewer with a low descriptor limit: a connection past it would fail on accept."""
@@ -116,7 +142,8 @@ class Serving:
         if self.workers_from:
             text += f" (from {self.workers_from})"
         text += f" (wsgipool {__version__}, {server_name(self.http_parser)})"
-        return text + (f"; /-/ endpoints: {', '.join(extras)}" if extras else "")
+        text += f"; /-/ endpoints: {', '.join(extras)}" if extras else ""
+        return text + (f"; admin on {self.admin.url}" if self.admin is not None else "")
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT (or ``server.should_exit``); the exit status."""
@@ -152,7 +179,7 @@ class Serving:
                 signal.signal(sig, handler)
 
     def close(self) -> None:
-        for listener in self.listeners:
+        for listener in [*self.listeners, *([self.admin] if self.admin else [])]:
             listener.close()
 
 
@@ -186,6 +213,22 @@ def pool_options(args: argparse.Namespace) -> dict[str, Any]:
     """The keywords of ``WsgiToAsgi`` among the parsed settings (unset ones computed)."""
     names = {f.name for f in dataclasses.fields(Config)}
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def check_admin(args: argparse.Namespace, app: WsgiToAsgi) -> None:
+    """The status page and the metrics only on the admin listener; the app's port keeps
+    the probes, with bare bodies."""
+    config, observer = app.config, app.observer
+    if observer is not None:
+        observer.private_pages = True
+    if args.admin_bind and observer is None:
+        raise ConfigError("--admin-bind serves the probes, --status and --metrics: turn one on")
+    if (config.status or config.metrics) and not args.admin_bind:
+        raise ConfigError(
+            "--status and --metrics show what runs inside (pids, memory, errors), so they "
+            "are served on a listener of their own: add --admin-bind 127.0.0.1:PORT "
+            "(or unix:PATH)"
+        )
 
 
 def flag_message(exc: ConfigError, sources: dict[str, str] | None = None) -> str:

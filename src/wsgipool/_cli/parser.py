@@ -32,6 +32,7 @@ from .._config import (
     parse_size,
 )
 from .._errors import ConfigError
+from .._serve.access import DEFAULT_FORMAT
 from .._serve.edge import HEADER_TIMEOUT, MAX_CONNECTIONS
 from .._serve.host import parse_binds
 from .._serve.sockets import parse_fds, parse_mode
@@ -74,6 +75,16 @@ def one_of(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def parse_admin_bind(text: str) -> str:
+    """One address, as ``--bind`` takes it; ``""``/``none``: no admin listener."""
+    if text.strip().lower() in ("", "none", "off"):
+        return ""
+    binds = parse_binds(text)
+    if len(binds) != 1:
+        raise ValueError(f"one address only, got {text!r}")
+    return binds[0]
+
+
 SERVER_OPTIONS = (
     Option(
         "bind", ("127.0.0.1:8000",),
@@ -92,6 +103,19 @@ SERVER_OPTIONS = (
     ),
     Option("root_path", "", "the path prefix a proxy serves the app under (ASGI root_path)"),
     Option("access_log", True, "log one line per request", parse_bool),
+    Option(
+        "access_log_format", DEFAULT_FORMAT,
+        "the access line, in gunicorn's atoms: %(h)s client, %(r)s request line, %(s)s "
+        "status, %(b)s bytes, %(D)s microseconds, %({header}i)s, %({header}o)s ...",
+    ),
+    Option(
+        "log_config", "", "configure logging from this file: a dictConfig as .json or "
+        ".yaml, else fileConfig's INI format",
+    ),
+    Option(
+        "admin_bind", "", "serve /-/status, the metrics and the probes in full on this "
+        "HOST:PORT or unix:PATH only (needed by --status and --metrics)", parse_admin_bind,
+    ),
     Option("keep_alive", 5.0, "seconds an idle keep-alive connection stays open", parse_float),
     Option(
         "reload", False, "development: rolling restart of the workers when a .py file under "
@@ -119,7 +143,12 @@ SERVER_OPTIONS = (
 )  # fmt: skip
 #: Where `wsgipool serve` differs from the library: it answers its probes, and as the
 #: server itself it answers an app's exception with a logged 500.
-SERVE_DEFAULTS: Mapping[str, Any] = {"health": True, "app_errors": "respond"}
+#: It also gives every request an id under the usual header.
+SERVE_DEFAULTS: Mapping[str, Any] = {
+    "health": True,
+    "app_errors": "respond",
+    "request_id_header": "X-Request-ID",
+}
 
 
 def all_options() -> list[Option]:

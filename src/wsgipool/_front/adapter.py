@@ -15,19 +15,20 @@ import anyio
 
 from .._config import Config
 from .._errors import AppLoadError, WorkerStartError
-from .._logging import install_fallback
+from .._logging import install_fallback, request_id
 from .._observe.pages import observer_for
 from .._pool.pool import Pool
 from .._pool.stats import PoolStats
 from .._pool.supervisor import supervise
 from .._types import Environ, Message, OptExcInfo, Receive, Scope, Send
 from .._wire.appspec import describe, label
-from .._wire.environ import TooManyHeadersError, cgi_environ, complete_environ
+from .._wire.environ import REQUEST_ID_KEY, TooManyHeadersError, cgi_environ, complete_environ
 from .._worker.wsgi import ErrorStream, FileWrapper, Responder
 from .exchange import Exchange
 from .guard import Refusals, refusal
 from .linger import answer_early, linger_before_reading
 from .proxy import Proxies
+from .request_id import RequestIds
 from .spool import MemoryBudget
 
 log = logging.getLogger("wsgipool.front")
@@ -48,13 +49,16 @@ class WsgiToAsgi:
         if duplicate_header_limit is None:  # asgiref then serves any number of fields
             options.setdefault("limit_request_fields", 0)
         self.config = Config.from_options(options)
-        install_fallback(self.config.log_level)  # visible lines even if the host sets none
+        # visible lines even if the host sets none
+        install_fallback(self.config.log_level, self.config.log_format)
         self.spec = describe(wsgi_application)
         self.proxies = self.config.proxies()
         self.pool = Pool(self.spec, self.config)
         self.budget = MemoryBudget(self.config.buffer_memory or 0)  # bodies held in memory
         self.refusals = Refusals()  # also counted by the server layer of ``wsgipool serve``
         self.observer = observer_for(self.pool, label(self.spec), self.refusals, self.budget)
+        header = self.config.request_id_header
+        self.request_ids = RequestIds(header) if header else None
 
     def __repr__(self) -> str:
         return f"<WsgiToAsgi {label(self.spec)} workers={self.config.workers}>"
@@ -62,26 +66,37 @@ class WsgiToAsgi:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            limit, observer = self.duplicate_header_limit, self.observer
-            timing = None
-            if observer is not None:
-                if await observer.answer(scope, send):
-                    return
-                timing = observer.timed(send)
-            if timing is None:
-                await serve(self.pool, self.budget, self.refusals, limit, scope, receive, send,
-                            self.proxies)  # fmt: skip
+            if self.request_ids is None:
+                await self._http(scope, receive, send)
                 return
+            rid, scope = self.request_ids.assign(scope)
+            token = request_id.set(rid)  # this request's task and the tasks it starts
             try:
-                await serve(self.pool, self.budget, self.refusals, limit, scope, receive,
-                            timing.send, self.proxies)  # fmt: skip
-            except Exception:
-                timing.failed()
-                raise
+                await self._http(scope, receive, self.request_ids.echo(send, rid))
+            finally:
+                request_id.reset(token)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         else:
             raise ValueError("WSGI wrapper received a non-HTTP scope")
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit, observer = self.duplicate_header_limit, self.observer
+        timing = None
+        if observer is not None:
+            if await observer.answer(scope, send):
+                return
+            timing = observer.timed(send)
+        if timing is None:
+            await serve(self.pool, self.budget, self.refusals, limit, scope, receive, send,
+                        self.proxies)  # fmt: skip
+            return
+        try:
+            await serve(self.pool, self.budget, self.refusals, limit, scope, receive,
+                        timing.send, self.proxies)  # fmt: skip
+        except Exception:
+            timing.failed()
+            raise
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         """Start every worker at startup, supervise them, stop them at shutdown."""
@@ -161,6 +176,9 @@ async def serve(
         return
     if proxies is not None:
         proxies.apply(cgi, scope)
+    rid = request_id.get()
+    if rid is not None:
+        cgi[REQUEST_ID_KEY] = rid
     exchange = Exchange(pool, budget, refusals, scope, receive, send)
     first = await exchange.first_message(cgi)
     if first is not None and first["type"] == "http.request":  # else: nobody to answer

@@ -9,6 +9,12 @@
 
 The front answers these itself, never a worker, so they work while every worker is busy.
 Paths are matched below ``root_path``, as the app's own paths are.
+
+The status page and the metrics show what runs inside (pids, memory, the app's last
+import error), and so do the probes' bodies. A library user serves them on the app's
+own port and restricts them there; ``wsgipool serve`` makes them :attr:`private
+<Observer.private_pages>`: the app's port keeps only the probes, with bare bodies, and
+everything is answered in full on the admin listener (:mod:`wsgipool._serve.admin`).
 """
 
 from __future__ import annotations
@@ -82,24 +88,35 @@ class Observer:
         self.refusals = refusals
         self.budget = budget
         self.started_at = time.time()
-        self.routes: dict[str, Callable[[], Answer]] = {}
+        #: Each path and its page; a page is given whether it may show details.
+        self.routes: dict[str, Callable[[bool], Answer]] = {}
+        #: The status page and the metrics only on the admin listener, the probes' bodies
+        #: there alone in full (see the module's docstring).
+        self.private_pages = False
         if config.health:
-            self.routes[HEALTH] = lambda: self.probe(True)
-            self.routes[READY] = lambda: self.probe(self.ready())
+            self.routes[HEALTH] = lambda details: self.probe(True, details)
+            self.routes[READY] = lambda details: self.probe(self.ready(), details)
         if config.status:
-            self.routes[STATUS] = self.status_page
+            self.routes[STATUS] = lambda details: self.status_page()
         self.metrics: Metrics | None = None
         if config.metrics:
             self.metrics = Metrics(pool, refusals, budget)
-            self.routes[config.metrics_path] = self.metrics.render
+            metrics = self.metrics
+            self.routes[config.metrics_path] = lambda details: metrics.render()
 
-    async def answer(self, scope: Scope, send: Send) -> bool:
-        """Answer ``scope`` if its path is one of ours; False lets the app have it."""
-        route = self.routes.get(relative_path(scope))
-        if route is None:
+    async def answer(self, scope: Scope, send: Send, admin: bool = False) -> bool:
+        """Answer ``scope`` if its path is one of ours; False lets the app have it.
+        ``admin``: asked on the admin listener, where every page is answered in full."""
+        path = relative_path(scope)
+        route = self.routes.get(path)
+        private = self.private_pages and not admin
+        if route is None or (private and path not in (HEALTH, READY)):
             return False
         method = scope.get("method", "GET")
-        status, kind, body = route() if method in ("GET", "HEAD") else (405, "text/plain", b"")
+        if method in ("GET", "HEAD"):
+            status, kind, body = route(not private)
+        else:
+            status, kind, body = 405, "text/plain", b""
         headers = [
             (b"content-type", kind.encode()),
             (b"content-length", b"%d" % len(body)),
@@ -120,8 +137,10 @@ class Observer:
     def ready(self) -> bool:
         return bool(self.pool.up) and not self.pool.closing
 
-    def probe(self, ok: bool) -> Answer:
-        body = {"status": "ok" if ok else "unavailable", **readiness(self.pool.stats())}
+    def probe(self, ok: bool, details: bool = True) -> Answer:
+        body: dict[str, object] = {"status": "ok" if ok else "unavailable"}
+        if details:
+            body.update(readiness(self.pool.stats()))
         return (200 if ok else 503), "application/json", json.dumps(body).encode()
 
     def status_page(self) -> Answer:
@@ -217,6 +236,22 @@ class PoolCollector:
         yield workers
         yield GaugeMetricFamily(
             "wsgipool_workers_target", "Worker processes the pool keeps up", value=stats.target
+        )
+        busy = self.pool.busy_time
+        yield GaugeMetricFamily(
+            "wsgipool_workers_max", "Worker processes the pool may run (its capacity)",
+            value=busy.capacity,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "wsgipool_worker_busy_seconds",
+            "Worker-seconds spent on requests, from each request's dispatch to its worker's "
+            "release",
+            value=busy.total(),
+        )
+        yield GaugeMetricFamily(
+            "wsgipool_utilization",
+            f"Busy worker-seconds over capacity (workers_max) in the last {busy.window} s",
+            value=busy.recent(),
         )
         restarts = CounterMetricFamily(
             "wsgipool_worker_restarts", "Workers replaced, by reason", labels=["reason"]

@@ -52,6 +52,7 @@ class Launcher:
             "sys_path": list(sys.path),
             "worker_id": worker_id,
             "log_level": self.config.log_level.upper(),
+            "log_format": self.config.log_format,
         }
         if self.identity is not None:
             hello["uid"], hello["gid"] = self.identity

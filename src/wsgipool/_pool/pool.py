@@ -33,6 +33,7 @@ from .._errors import (
     WorkerStartError,
 )
 from .._wire.appspec import AppSpec
+from .busy import BusyTime
 from .deaths import describe_exit
 from .hooks import FrontHooks
 from .launch import MAX_BACKOFF, Launcher
@@ -92,6 +93,7 @@ class Pool:
         self._idle = self.registry.idle
         self._set_state = self.registry.set_state
         self.hooks = FrontHooks(self, spec, config)
+        self.busy_time = BusyTime(self.limit)  # from the leases' starts and ends
 
     # -- state ----------------------------------------------------------------------
 
@@ -248,6 +250,7 @@ class Pool:
 
     def _lease(self, worker: WorkerProcess) -> Lease:
         config = self.config
+        self.busy_time.start()  # until the lease calls release or discard
         lease = Lease(self, worker, config.timeout, config.timeout_grace, config.slow_request)
         self.workers[worker].lease = lease  # for the status page and the stacks on demand
         return lease
@@ -295,7 +298,7 @@ class Pool:
         return waiter.worker, False
 
     def _unused(self, worker: WorkerProcess) -> None:
-        self.release(worker, served=False)
+        self._free(worker, served=False)
 
     def _offer(self, worker: WorkerProcess) -> None:
         """Give a free worker to the longest-waiting request, or park it as idle."""
@@ -307,10 +310,15 @@ class Pool:
     # -- endings (a lease calls release or discard) -----------------------------------
 
     def release(self, worker: WorkerProcess, served: bool = True) -> None:
-        """The worker is free again: recycle it if it is due, else reuse it.
+        """A lease ended: the worker is free again.
 
         ``served=False`` gives back a worker that never saw the request.
         """
+        self.busy_time.stop()
+        self._free(worker, served)
+
+    def _free(self, worker: WorkerProcess, served: bool) -> None:
+        """Recycle the worker if it is due, else reuse it."""
         slot = self.workers.get(worker)
         if slot is None or slot.state not in (State.BUSY, State.RETIRING):
             return  # stopped meanwhile (shutdown)
@@ -338,7 +346,9 @@ class Pool:
         self._set_state(worker, State.EXITING, reason, grace=RETIRE_GRACE)
 
     def discard(self, worker: WorkerProcess, reason: str) -> None:
-        """Kill a broken worker (the caller has logged why) and count the restart."""
+        """A lease ended badly: kill its worker (the caller has logged why) and count the
+        restart."""
+        self.busy_time.stop()
         self._set_state(worker, State.EXITING, reason)
 
     def lost(self, worker: WorkerProcess, why: str) -> None:

@@ -12,6 +12,8 @@ from urllib.parse import quote, unquote_to_bytes
 
 from .._types import Environ, Scope
 
+#: The environ key under which the app finds its request's id (when ids are on).
+REQUEST_ID_KEY = "wsgipool.request_id"
 _SPECIAL = {"content-length": "CONTENT_LENGTH", "content-type": "CONTENT_TYPE"}
 _DEFAULT_PORT = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
 _PROTOCOLS = {version: f"HTTP/{version}" for version in ("1.0", "1.1", "2", "3")}

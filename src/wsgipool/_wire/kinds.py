@@ -53,6 +53,7 @@ class Hello(_HelloRequired, total=False):
     gid: int
     fork_fd: int  # preload: the template's end of the fork socket
     hooks: str  # the file of the server hooks, which the worker loads itself
+    log_format: str  # "text" or "json"
 
 
 class HelloFrame(NamedTuple):

@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
         _die_with_parent(front_pid)  # Linux clears the death signal on a change of user
     sys.path[:] = options["sys_path"]
     level = options.get("log_level", "INFO")
-    configure_worker(level)
+    log_format = options.get("log_format", "text")
+    configure_worker(level, log_format)
     set_title(f"wsgipool: worker {options['worker_id']} [{label(options['app'])}]")
     os.environ["WSGIPOOL_WORKER_LOADING"] = "1"
     try:
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         channel.send(pack(FAILED, str(exc), app_traceback(exc)))
         raise SystemExit(3) from None
     del os.environ["WSGIPOOL_WORKER_LOADING"]
-    after_app_import(level)  # a root handler only if the app's framework set up none
+    after_app_import(level, log_format)  # a root handler only if the app's framework set up none
     worker_id = None if "fork_fd" in options else options["worker_id"]
     hooks = _start_hooks(channel, None, options, worker_id)
     if "fork_fd" in options:

@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from types import FrameType
 from typing import Any
 
-from .._wire.environ import complete_environ
+from .._logging import request_id
+from .._wire.environ import REQUEST_ID_KEY, complete_environ
 from .._wire.frames import END_FRAME, ERROR, LOG, Request, body_frames, pack, start_frame
 from .._wire.remote import dump
 from .channel import Channel
@@ -86,9 +87,18 @@ class Worker:
         """One request, ended by exactly one END or ERROR whatever the app does."""
         channel = self.channel
         channel.aborted = False
-        self.responder = responder = Responder(self.write)
+        self.responder = Responder(self.write)
         self.sent = 0
         environ = complete_environ(cgi, InputStream(channel.pull_body), self.errors, FileWrapper)
+        token = request_id.set(cgi.get(REQUEST_ID_KEY))  # on the app's log lines
+        try:
+            self.run(environ)
+        finally:
+            request_id.reset(token)
+
+    def run(self, environ: dict[str, Any]) -> None:
+        """The app's call and its response, the response's ``close()``, then END or ERROR."""
+        channel, responder = self.channel, self.responder
         result: Iterable[bytes] | None = None
         failure = None
         self.hooks.run("pre_request", environ)
