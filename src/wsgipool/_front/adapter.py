@@ -27,7 +27,7 @@ from .._worker.wsgi import ErrorStream, FileWrapper, Responder
 from .exchange import Exchange
 from .guard import Refusals, refusal
 from .linger import answer_early, linger_before_reading
-from .spool import MemoryBudget
+from .spool import MemoryBudget, disk_budget
 
 log = logging.getLogger("wsgipool.front")
 
@@ -50,7 +50,10 @@ class WsgiToAsgi:
         install_fallback(self.config.log_level)  # visible lines even if the host sets none
         self.spec = describe(wsgi_application)
         self.pool = Pool(self.spec, self.config)
-        self.budget = MemoryBudget(self.config.buffer_memory or 0)  # bodies held in memory
+        config = self.config
+        self.budget = MemoryBudget(  # bodies held in memory, and on disk
+            config.buffer_memory or 0, disk_budget(config.buffer_disk, config.buffer_dir)
+        )
         self.refusals = Refusals()  # also counted by the server layer of ``wsgipool serve``
         self.observer = observer_for(self.pool, label(self.spec), self.refusals, self.budget)
 
