@@ -153,23 +153,44 @@ def test_keep_alive_head_is_timed_too(front: Callable[..., Front], parser: str) 
 
 
 @pytest.mark.parametrize("parser", PARSERS)
-def test_connections_past_the_bound_get_503(front: Callable[..., Front], parser: str) -> None:
-    server = serve(front, parser, "--max-connections", "4", "--header-timeout", "60")
-    held = [Peer(server.port) for _ in range(4)]
+def test_at_the_bound_the_cheapest_connection_makes_room(
+    front: Callable[..., Front], parser: str
+) -> None:
+    """Idle first, then the oldest unfinished head, then the slowest upload; 503 only
+    when every connection does real work (here: responses being read)."""
+    server = front(
+        "apps:download", "-w", "1", "--http", parser, "--max-connections", "4",
+        "--header-timeout", "60", "--keep-alive", "60", "--client-rate-grace", "60",
+        "--metrics", "--no-access-log",
+    ).ready()  # fmt: skip
+    idle, head, upload = Peer(server.port), Peer(server.port), Peer(server.port)
+    idle.send(b"GET /?mib=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert idle.sock.recv(65536).startswith(b"HTTP/1.1 200")  # then kept alive, idle
+    head.send(b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finished
+    upload.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"a" * 10)
+    busy = [slow_reader(server.port)]
     try:
-        response = exchange(server.port, GET)
-        assert statuses(response) == [503]
+        for shed in (idle, head, upload):  # each newcomer is served; the cheapest goes
+            busy.append(slow_reader(server.port))
+            assert shed.read_all() == b""  # closed without a word
+        response = exchange(server.port, b"GET /?mib=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert statuses(response) == [503]  # all four are sending responses
         assert b"connection: close" in response
-        held.pop().close()
-
-        def answered() -> bool:
-            return statuses(exchange(server.port, GET)) == [200]
-
-        wait_for(answered, what="a free connection slot")
     finally:
-        for peer in held:
+        for peer in (idle, head, upload, *busy):
             peer.close()
-    assert metric(server, "wsgipool_connections_closed_total", reason="max_connections") >= 1
+    closed = "wsgipool_connections_closed_total"
+    for reason in ("shed idle", "shed head", "shed upload", "max_connections"):
+        assert metric(server, closed, reason=reason) == 1
+
+
+def slow_reader(port: int) -> Peer:
+    """A connection whose response is in progress: it reads the head and no more."""
+    peer = Peer(port)
+    peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    peer.send(b"GET /?mib=16 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert peer.sock.recv(4096).startswith(b"HTTP/1.1 200")
+    return peer
 
 
 # -- hostile requests: wsgipool serve -------------------------------------------------------

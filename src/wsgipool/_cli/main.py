@@ -79,8 +79,9 @@ class Serving:
         self.tls = bool(tls)
         self.served = ServedApp(self.app, self.banner(), args.reload)
         self.edge = EdgeSettings(
-            config.limits, args.header_timeout, self.max_connections(args), self.app.refusals
-        )
+            config.limits, args.header_timeout, self.max_connections(args), self.app.refusals,
+            min_upload_rate=config.min_client_rate,
+        )  # fmt: skip
         self.server = uvicorn.Server(
             uvicorn.Config(
                 self.served, lifespan="on", log_config=None, log_level=args.log_level,

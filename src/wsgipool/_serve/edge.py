@@ -9,7 +9,8 @@ still decides what the head means, and ``_guard.refusal`` checks the parsed resu
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from .._front.guard import Limits, Refusal, Refusals
 
@@ -28,6 +29,10 @@ class EdgeSettings:
     header_timeout: float | None
     max_connections: int | None
     refusals: Refusals
+    #: bytes/s below which an upload may be shed for a new connection (min_client_rate)
+    min_upload_rate: int = 0
+    #: the connections idle between requests (kept alive), the longest idle first
+    idle: dict[Any, None] = field(default_factory=dict, compare=False, repr=False)
 
     @functools.cached_property
     def head_cap(self) -> int | None:
@@ -36,6 +41,40 @@ class EdgeSettings:
         if not (limits.request_line and limits.fields and limits.field_size):
             return None
         return limits.request_line + 2 + limits.fields * (limits.field_size + 2) + 2
+
+
+class Sheddable:
+    """The cheapest connection to close for a new one, found in one pass: a connection
+    already refused (lingering) first, then the head begun longest ago (a connection that
+    sent nothing included), then the upload with the fewest bytes per second below the
+    floor. (Idle kept-alive connections come before all of them, from their registry.)"""
+
+    __slots__ = ("head", "head_since", "refused", "upload", "upload_rate")
+
+    def __init__(self) -> None:
+        self.refused: Any = None
+        self.head: Any = None
+        self.head_since = float("inf")
+        self.upload: Any = None
+        self.upload_rate = float("inf")
+
+    def consider_head(self, conn: Any, since: float) -> None:
+        if since < self.head_since:
+            self.head, self.head_since = conn, since
+
+    def consider_upload(self, conn: Any, rate: float, floor: float) -> None:
+        if rate < floor and rate < self.upload_rate:
+            self.upload, self.upload_rate = conn, rate
+
+    def pick(self) -> tuple[Any, str] | None:
+        """The connection to close and the reason counted for it; None: all do real work."""
+        if self.refused is not None:
+            return self.refused, "shed refused"
+        if self.head is not None:
+            return self.head, "shed head"
+        if self.upload is not None:
+            return self.upload, "shed upload"
+        return None
 
 
 def max_connections_for(open_files: int, workers: int) -> int:
