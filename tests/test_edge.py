@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import resource
 import signal
 import socket
 import ssl
@@ -20,6 +21,7 @@ import pytest
 import trustme
 
 from support import TESTS, Front, free_port, wait_for
+from wsgipool._serve.edge import max_connections_for
 
 PARSERS = ["httptools", "h11"]
 #: Long enough for a loaded machine to answer a GET, short enough for the tests.
@@ -182,6 +184,23 @@ def test_at_the_bound_the_cheapest_connection_makes_room(
     closed = "wsgipool_connections_closed_total"
     for reason in ("shed idle", "shed head", "shed upload", "max_connections"):
         assert metric(server, closed, reason=reason) == 1
+
+
+def test_the_open_files_limit_is_raised_at_start(front: Callable[..., Front]) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 512:
+        pytest.skip("needs a hard limit of open files above 512, and a finite one")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))  # inherited by the server
+    try:
+        server = front("apps:pid", "-w", "1")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    server.ready()
+    limits = Path(f"/proc/{server.proc.pid}/limits").read_text()
+    assert re.search(rf"Max open files\s+{hard}\s+{hard}\s", limits)
+    connections = max_connections_for(hard, 1)
+    said = f"at most {connections} connections (open files: 512 raised to {hard})"
+    assert said in server.output()
 
 
 def slow_reader(port: int) -> Peer:

@@ -12,7 +12,6 @@ import dataclasses
 import importlib.util
 import math
 import os
-import resource
 import signal
 import sys
 import threading
@@ -24,7 +23,7 @@ from .._config import Config, cli_flag
 from .._errors import ConfigError
 from .._front.adapter import WsgiToAsgi
 from .._logging import configure_cli
-from .._serve.edge import MAX_CONNECTIONS, EdgeSettings, max_connections_for
+from .._serve.edge import EdgeSettings, max_connections_for, raise_open_files
 from .._serve.host import Listener, ServedApp, bind, server_name
 from .._titles import front_title, set_title
 from .._wire.appspec import label
@@ -77,9 +76,11 @@ class Serving:
         config = self.app.config
         graceful = config.graceful_timeout
         self.tls = bool(tls)
+        self.open_files = raise_open_files()
+        self.connections = self.max_connections(args)
         self.served = ServedApp(self.app, self.banner(), args.reload)
         self.edge = EdgeSettings(
-            config.limits, args.header_timeout, self.max_connections(args), self.app.refusals,
+            config.limits, args.header_timeout, self.connections, self.app.refusals,
             min_upload_rate=config.min_client_rate,
         )  # fmt: skip
         self.server = uvicorn.Server(
@@ -101,9 +102,7 @@ class Serving:
             if args.max_connections < 1:
                 raise ConfigError(f"invalid max_connections: {args.max_connections}")
             return int(args.max_connections)
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        open_files = MAX_CONNECTIONS * 2 if soft == resource.RLIM_INFINITY else soft
-        return max_connections_for(open_files, self.app.config.max_workers or 1)
+        return max_connections_for(self.open_files[1], self.app.config.max_workers or 1)
 
     def banner(self) -> str:
         """The one line an operator reads at start: what is served, where, and how."""
@@ -115,6 +114,9 @@ class Serving:
         extras = [name for name in ("health", "metrics", "status") if getattr(config, name)]
         text = f"serving {label(self.app.spec)} on {where} with {config.workers} workers"
         text += f" (wsgipool {__version__}, {server_name(self.http_parser)})"
+        before, after = self.open_files
+        files = f"{before} raised to {after}" if after > before else str(after)
+        text += f"; at most {self.connections} connections (open files: {files})"
         return text + (f"; /-/ endpoints: {', '.join(extras)}" if extras else "")
 
     def run(self) -> int:
