@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from support import MiB, Reader, connect, wait_for
+from support import Front, MiB, Reader, connect, wait_for
 from wsgipool import WsgiToAsgi
 
 BUDGET = 24 * MiB
@@ -63,3 +63,27 @@ def test_the_disk_budget_cuts_the_slow_readers_not_the_fast_one(
         wait_for(lambda: budget.on_disk == budget.reserved == 0, what="the spools freed")
     assert "disk budget is spent" in caplog.text  # a warning, counted
     assert "cut off" not in caplog.text  # ... not an error of the front's per connection
+
+
+def test_wsgipool_serve_cuts_for_the_disk_budget_quietly(tmp_path: Path) -> None:
+    """One warning with counts for the clients cut, no error per connection."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    server = Front(
+        tmp_path, "apps:download", "-w", "1", "--buffer-dir", str(spool), "--buffer-disk",
+        "8MiB", "--buffer-memory", "1MiB", "--no-access-log",
+    ).ready()  # fmt: skip
+    try:
+        with ExitStack() as stack:
+            for _ in range(4):
+                sock = stack.enter_context(connect(server.port, rcvbuf=4096))
+                sock.sendall(b"GET /?mib=16 HTTP/1.1\r\nHost: t\r\n\r\n")
+                assert Reader(sock).head()[0] == 200
+            wait_for(lambda: server.output().count("disk budget is spent") >= 1,
+                     what="a slow reader cut")  # fmt: skip
+            assert server.get("/?mib=1").status_code == 200
+    finally:
+        server.stop()
+    output = server.output()
+    assert "ASGI callable" not in output
+    assert "ERROR" not in output

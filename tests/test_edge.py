@@ -399,6 +399,24 @@ def test_tls_with_a_certificate_made_here(front: Callable[..., Front], tmp_path:
     assert server.stop() == 0
 
 
+def test_a_tls_handshake_is_bounded_as_a_head_is(
+    front: Callable[..., Front], tmp_path: Path
+) -> None:
+    """A connection that never finishes its handshake is closed after header_timeout,
+    not asyncio's 60 s."""
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    certfile = tmp_path / "cert.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    server = front("apps:pid", "-w", "1", "--certfile", str(certfile), "--header-timeout", "1")
+    wait_for(lambda: "serving apps:pid" in server.output(), 30, "the HTTPS front")
+    silent, partial = Peer(server.port), Peer(server.port)
+    partial.send(b"\x16\x03\x01")  # the start of a ClientHello, never finished
+    assert silent.read_all() == b""  # within the socket's 15 s
+    assert partial.read_all() == b""
+    silent.close()
+    partial.close()
+
+
 def test_tls_client_certificates(front: Callable[..., Front], tmp_path: Path) -> None:
     ca = trustme.CA()
     server_cert = ca.issue_cert("127.0.0.1")

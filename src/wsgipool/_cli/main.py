@@ -45,6 +45,7 @@ class Serving:
                 "wsgipool serve needs uvicorn: pip install 'wsgipool[serve]'"
             ) from exc
         from .._serve.protocols import protocol_class
+        from .._serve.server import EdgeServer
         from .._serve.uvicorn import quiet_repeats
 
         if args.chdir:
@@ -83,7 +84,7 @@ class Serving:
             config.limits, args.header_timeout, self.connections, self.app.refusals,
             min_upload_rate=config.min_client_rate,
         )  # fmt: skip
-        self.server = uvicorn.Server(
+        self.server = EdgeServer(
             uvicorn.Config(
                 self.served, lifespan="on", log_config=None, log_level=args.log_level,
                 access_log=args.access_log, root_path=args.root_path,
@@ -93,7 +94,8 @@ class Serving:
                 http=protocol_class(self.http_parser, self.edge),
                 h11_max_incomplete_event_size=self.edge.head_cap,
                 **tls,
-            )
+            ),
+            args.header_timeout,  # a TLS handshake is bounded as a request head is
         )  # fmt: skip
 
     def max_connections(self, args: argparse.Namespace) -> int:

@@ -302,15 +302,21 @@ class EdgeH11Protocol(EdgeMixin, H11Protocol):
 
 class RepeatFilter(logging.Filter):
     """Lets uvicorn's per-request warnings about bad requests through once per
-    :data:`~wsgipool._front.guard.LOG_EVERY` seconds: a flood of them must not flood the log."""
+    :data:`~wsgipool._front.guard.LOG_EVERY` seconds: a flood of them must not flood the log;
+    drops its error for a response the front cut off (the front counts and logs those)."""
 
     MESSAGES = frozenset({"Invalid HTTP request received.", "Unsupported upgrade request."})
+    #: Never let through: the front returns without completing a response only when it
+    #: cut the client off (too slow, the disk budget), and says so itself, with counts.
+    SILENT = frozenset({"ASGI callable returned without completing response."})
 
     def __init__(self) -> None:
         super().__init__()
         self.last: dict[str, float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg in self.SILENT:
+            return False
         if record.msg not in self.MESSAGES:
             return True
         now = time.monotonic()
