@@ -71,7 +71,7 @@ def test_wsgipool_serve_cuts_for_the_disk_budget_quietly(tmp_path: Path) -> None
     spool.mkdir()
     server = Front(
         tmp_path, "apps:download", "-w", "1", "--buffer-dir", str(spool), "--buffer-disk",
-        "8MiB", "--buffer-memory", "1MiB", "--no-access-log",
+        "8MiB", "--buffer-memory", "1MiB", "--no-access-log", "--metrics", "--status",
     ).ready()  # fmt: skip
     try:
         with ExitStack() as stack:
@@ -82,6 +82,10 @@ def test_wsgipool_serve_cuts_for_the_disk_budget_quietly(tmp_path: Path) -> None
             wait_for(lambda: server.output().count("disk budget is spent") >= 1,
                      what="a slow reader cut")  # fmt: skip
             assert server.get("/?mib=1").status_code == 200
+            metrics = server.get("/-/metrics").text
+            assert 'wsgipool_buffer_limit_bytes{where="disk"} 8.388608e+06' in metrics
+            assert 'wsgipool_connections_closed_total{reason="disk budget"}' in metrics
+            assert "on disk (of 8.0 MiB)" in server.get("/-/status").text
     finally:
         server.stop()
     output = server.output()
