@@ -85,7 +85,7 @@ def test_wsgipool_serve_cuts_for_the_disk_budget_quietly(tmp_path: Path) -> None
             metrics = server.get("/-/metrics").text
             assert 'wsgipool_buffer_limit_bytes{where="disk"} 8.388608e+06' in metrics
             assert 'wsgipool_connections_closed_total{reason="disk budget"}' in metrics
-            assert "on disk (of 8.0 MiB)" in server.get("/-/status").text
+            assert "8.0 MiB on disk)" in server.get("/-/status").text
     finally:
         server.stop()
     output = server.output()

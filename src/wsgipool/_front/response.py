@@ -191,13 +191,13 @@ class Response:
         stops sending, the app is told to stop; one rate-limited warning, no error."""
         client = self.client
         client.budget.holders.pop(self, None)
+        held = 0 if self.spool is None else self.spool.size
+        if self.spool is not None:
+            self.spool.close()  # freed now, even for a client already gone
         if client.disconnected:
             return
         client.disconnected = True
         self.shed_for_disk = True
-        held = 0 if self.spool is None else self.spool.size
-        if self.spool is not None:
-            self.spool.close()
         client.refusals.closed(
             "disk budget",
             f"the disk budget is spent and this client is furthest behind "

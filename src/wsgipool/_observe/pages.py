@@ -306,8 +306,8 @@ th {{ background: #f6f6f6; }} td.state {{ text-align: left; }}
 </table>
 <p id="restarts">Workers replaced: {restarts}.</p>
 <p id="refused">Requests refused: {refused}. Connections closed: {closed}.</p>
-<p id="buffered">Bodies held for slow clients: {memory} in memory (of {memory_limit}),
-{disk} on disk (of {disk_limit}).</p>
+<p id="buffered">Bodies held for slow clients: {memory} in memory, {disk} on disk
+(at most {memory_limit} in memory, {disk_limit} on disk).</p>
 </body></html>
 """
 _ROW = (
