@@ -227,6 +227,8 @@ class Response:
         self._commit()
         if not self.committed:
             raise ProtocolError("worker ended a response it never started")
+        if self.spool is not None:
+            self.spool.unreserve()  # the worker writes no more of it
         self.items.append(END_MESSAGE)
 
     def own(self, status: int, text: str) -> None:

@@ -33,9 +33,10 @@ MERGE_SPILLED = 1024 * 1024
 MERGE_UP_TO = 64 * 1024
 
 
-#: Least a worker is allowed to spill at once when the disk budget is tight: less would
-#: not be worth the worker's trouble (and responses further behind are cut to make it).
-SPILL_LEAST = 4 * 1024 * 1024
+#: Least a worker is allowed to spill at once when the disk budget is tight (at most a
+#: quarter of the budget; responses further behind are cut to make room): past its
+#: allowance the worker writes into the pipe and the front copies every byte to disk.
+SPILL_LEAST = 64 * 1024 * 1024
 #: Share of the buffer directory's free space (at start) that spool files may take at most.
 DISK_SHARE = 0.5
 
@@ -246,14 +247,19 @@ class Spool:
         """Up to ``most`` bytes the worker may write into the spill file, set aside in the
         disk budget (cutting responses further behind to make room): the bytes granted."""
         budget = self._budget
-        room = budget.disk_room()
-        if room is not None:  # a share of what is left: one response does not take it all
-            most = min(most, max(room // 4, SPILL_LEAST))
+        room, limit = budget.disk_room(), budget.disk_limit
+        if room is not None and limit is not None:  # a share of what is left, not all of it
+            most = min(most, max(room // 4, min(SPILL_LEAST, limit // 4)))
             if not budget.room_on_disk(most, self._holder):
                 return 0
         self._reserved += most
         budget.reserved += most
         return most
+
+    def unreserve(self) -> None:
+        """The worker writes no more (its response ended): what it did not use is free."""
+        self._budget.reserved -= self._reserved
+        self._reserved = 0
 
     def adopt(self, size: int, merge: bool = False) -> bool:
         """The spill file's next ``size`` bytes (the worker wrote them) are the next chunk,
@@ -359,8 +365,7 @@ class Spool:
         self._out_size = 0
         self._budget.give(self._out_held)
         self._out_held = 0
-        self._budget.reserved -= self._reserved
-        self._reserved = 0
+        self.unreserve()
         self.size = 0
         for fd in (self._fd, self._spill_fd):
             if fd >= 0:
