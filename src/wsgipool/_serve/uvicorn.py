@@ -90,7 +90,7 @@ class EdgeMixin:
         while idle:  # the longest idle first; no scan
             other = next(iter(idle))
             del idle[other]
-            if not other.transport.is_closing():
+            if other.idle():
                 other.shed("shed idle", "idle, closed for a new connection")
                 return True
         now, floor = self.loop.time(), self.edge.min_upload_rate
@@ -115,6 +115,14 @@ class EdgeMixin:
         other, reason = picked
         other.shed(reason, "closed for a new connection at max_connections")
         return True
+
+    def idle(self) -> bool:
+        """Kept alive between requests, nothing of the next one received (a pipelined
+        request may have started since it was registered)."""
+        cycle = self.cycle
+        if self.transport.is_closing() or not (cycle is None or cycle.response_complete):
+            return False
+        return self.head_deadline is None and self.between_messages()
 
     def shed(self, reason: str, detail: str) -> None:
         """Close this connection to make room for another; counted, not logged each time."""
