@@ -24,6 +24,7 @@ ATTACKS = {
     "read": "slow readers of a 64 MiB response (small SO_RCVBUF, read nothing)",
     "idle": "idle keep-alive connections (one request, then silent)",
     "slowloris": "slowloris (headers trickled, never finished)",
+    "mixed": "the four kinds at once, K/4 connections of each",
 }
 
 MODES = {  # how each server starts the successor, by replace.py's mode
@@ -192,6 +193,11 @@ def slow_cell(cell: dict[str, Any], timeout_s: float) -> str:
         text += f" ({answered}/{len(probes)} answered: {', '.join(reasons)})"
     if cell.get("closed"):
         text += f" · {cell['closed']} of {cell['k']} attackers cut"
+    if "front_growth_mib" in cell:
+        front, tree = cell["front_growth_mib"], cell["tree_growth_mib"]
+        text += f" · RSS +{front:.0f} MiB front, +{tree:.0f} all"
+    if cell.get("disk_peak_mib"):
+        text += f" · spool peak {cell['disk_peak_mib']:.0f} MiB"
     if cell.get("note"):
         text += f" · {cell['note'][:60]}"
     return text
@@ -207,7 +213,10 @@ def slow_lines(data: dict[str, Any] | None = None) -> list[str]:
         f"fresh connection while K attackers of one kind hold connections; {data['probes']} "
         f"probes per cell, {data['timeout_s']:g} s timeout each (a cell stops probing after two "
         "timeouts in a row), median / max. *cut*: attack connections the server closed or "
-        "answered during the cell. Goal for wsgipool: under 100 ms in every cell.",
+        "answered during the cell. *RSS*: growth of the server's first process (*front*) "
+        "and of all its processes, peak over the cell less the start. *spool peak*: the "
+        "most bytes in unlinked files the first process held open (wsgipool's spool). "
+        "Goal for wsgipool: under 100 ms in every cell.",
         "",
         "| attack | K | " + " | ".join(servers) + " |",
         "|---|--:|" + "--:|" * len(servers),

@@ -1,6 +1,6 @@
 """Slow and hostile clients: how long a plain ``GET /hello`` waits while K attackers hold on.
 
-    python bench/slow.py            # K = 2, 10, 100; 5 probes per cell, 10 s timeout each
+    python bench/slow.py            # K = 10, 100, 1000; 5 probes per cell, 10 s timeout each
     python bench/slow.py --smoke    # K = 2; 2 probes, 2 s timeout: checks that everything runs
 
 Every cell is one server (started afresh, 2 workers), one kind of attack with K connections
@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import selectors
 import socket
+import stat
 import struct
 import sys
 import tempfile
@@ -38,6 +40,7 @@ from bench.procs import (
     gunicorn_command,
     have,
     log_tail,
+    proc_status,
     python,
     raise_fd_limit,
     serving,
@@ -49,7 +52,8 @@ APP = "bench.app:app"
 WORKERS = 2
 TICK = 0.5  # seconds between two trickles of the slow attackers
 TCP_ESTABLISHED = 1
-OPEN_BUDGET = 10.0  # seconds to open all K attack connections
+OPEN_BUDGET = 20.0  # seconds to open all K attack connections
+KINDS = ("upload", "read", "idle", "slowloris")  # a mixed attack: K/4 of each, in turn
 HOST = b"Host: 127.0.0.1\r\n"
 
 
@@ -170,6 +174,7 @@ class Attack(threading.Thread):
         self.socks: list[socket.socket] = []
         self.selector = selectors.DefaultSelector()
         self.pending: dict[socket.socket, bytes] = {}
+        self.kinds: dict[socket.socket, str] = {}  # each connection's kind (mixed: all four)
         self.opened = self.cut = 0
         self.error = ""
 
@@ -197,42 +202,45 @@ class Attack(threading.Thread):
 
     def _open_all(self) -> None:
         until = time.monotonic() + OPEN_BUDGET
-        for _ in range(self.k):
+        for n in range(self.k):
             left = until - time.monotonic()
             if self.done.is_set() or left <= 0:
                 self.error = self.error or f"not all open after {OPEN_BUDGET:g} s"
                 return
             try:
-                self.socks.append(self._open(min(left, 5)))
+                kind = KINDS[n % len(KINDS)] if self.kind == "mixed" else self.kind
+                self.socks.append(self._open(kind, min(left, 5)))
                 self.opened += 1
             except OSError as exc:
                 self.error = f"{type(exc).__name__}: {exc}"
 
-    def _open(self, timeout: float) -> socket.socket:
+    def _open(self, kind: str, timeout: float) -> socket.socket:
         sock = socket.socket()
+        self.kinds[sock] = kind
         try:
-            if self.kind == "read":  # the client's window stays tiny: the server must wait
+            if kind == "read":  # the client's window stays tiny: the server must wait
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.settimeout(timeout)
             sock.connect(("127.0.0.1", self.port))
-            if self.kind == "upload":
+            if kind == "upload":
                 sock.sendall(
                     b"POST /upload HTTP/1.1\r\n" + HOST + b"Content-Type: "
                     b"application/octet-stream\r\nContent-Length: 100000\r\n\r\n"
                 )
                 self.pending[sock] = b"u" * 100000
-            elif self.kind == "read":
+            elif kind == "read":
                 sock.sendall(b"GET /big HTTP/1.1\r\n" + HOST + b"\r\n")
-            elif self.kind == "idle":  # a whole exchange, then nothing: keep-alive idles
+            elif kind == "idle":  # a whole exchange, then nothing: keep-alive idles
                 sock.sendall(b"GET /hello HTTP/1.1\r\n" + HOST + b"\r\n")
             else:  # slowloris: the request line, then headers a few bytes at a time
                 sock.sendall(b"GET /hello HTTP/1.1\r\n" + HOST)
                 self.pending[sock] = _trickle_headers()
             sock.setblocking(False)
             self._send(sock)  # the first byte at once: the request is under way
-            if self.kind != "read":  # a reader's socket is always readable: not watched
+            if kind != "read":  # a reader's socket is always readable: not watched
                 self.selector.register(sock, selectors.EVENT_READ)
         except BaseException:
+            self.kinds.pop(sock, None)
             sock.close()
             raise
         return sock
@@ -247,7 +255,7 @@ class Attack(threading.Thread):
             ready = []
         for sock in ready:
             assert isinstance(sock, socket.socket)
-            if self.kind != "idle" or not _recv_some(sock):
+            if self.kinds.get(sock) != "idle" or not _recv_some(sock):
                 self._drop(sock)
         for sock in list(self.socks):
             if not _established(sock):
@@ -264,7 +272,7 @@ class Attack(threading.Thread):
         """The next piece of a trickle: uploads 1 byte a tick (2 B/s), slowloris 2 (4 B/s)."""
         data = self.pending.get(sock)
         if data:
-            step = 1 if self.kind == "upload" else 2
+            step = 1 if self.kinds.get(sock) == "upload" else 2
             sent = sock.send(data[:step])
             self.pending[sock] = data[sent:]
 
@@ -272,7 +280,7 @@ class Attack(threading.Thread):
         if sock in self.socks:
             self.socks.remove(sock)
             self.pending.pop(sock, None)
-            if self.kind != "read":
+            if self.kinds.pop(sock, None) != "read":
                 self.selector.unregister(sock)
             sock.close()
             self.cut += 1
@@ -309,25 +317,50 @@ class Cell:
     max_ms: float | None = None
     opened: int = 0  # attack connections established
     closed: int = 0  # of those, closed or answered by the server during the cell
+    refused: int = 0  # probes answered 503
+    front_growth_mib: float = 0.0  # the first process's RSS: peak less start
+    tree_growth_mib: float = 0.0  # all the server's processes together, likewise
+    disk_peak_mib: float = 0.0  # unlinked files the first process held open (a spool), peak
     note: str = ""  # what went wrong in a cell that was measured all the same
     failed: str = ""  # the cell could not be measured
 
 
 class Guard(threading.Thread):
-    """Sets ``tripped`` if the server's processes together exceed ``limit`` MiB."""
+    """Samples the server's memory and spool files; sets ``tripped`` if its processes
+    together exceed ``limit`` MiB."""
 
     def __init__(self, pid: int, limit: float) -> None:
         super().__init__(daemon=True)
         self.pid, self.limit = pid, limit
         self.tripped, self.done = threading.Event(), threading.Event()
-        self.peak = 0.0
+        self.start_front, self.start_tree = proc_status(pid, "VmRSS"), tree_rss(pid)
+        self.peak = self.peak_front = self.peak_disk = 0.0
 
     def run(self) -> None:
         while not self.done.wait(0.25):
             self.peak = max(self.peak, tree_rss(self.pid))
+            self.peak_front = max(self.peak_front, proc_status(self.pid, "VmRSS"))
+            self.peak_disk = max(self.peak_disk, unlinked_mib(self.pid))
             if self.peak > self.limit:
                 self.tripped.set()
                 return
+
+
+def unlinked_mib(pid: int) -> float:
+    """MiB on disk of the unlinked regular files ``pid`` holds open (wsgipool's spool)."""
+    total = 0
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return 0.0
+    for fd in fds:
+        try:
+            info = os.stat(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if stat.S_ISREG(info.st_mode) and info.st_nlink == 0:
+            total += info.st_blocks * 512
+    return total / (1 << 20)
 
 
 def run_cell(server: Server, attack: str, k: int, args: argparse.Namespace, log: Path) -> Cell:
@@ -354,6 +387,10 @@ def run_cell(server: Server, attack: str, k: int, args: argparse.Namespace, log:
             attackers.stop()
             guard.done.set()
         cell.opened, cell.closed = attackers.opened, attackers.cut
+        cell.refused = sum(p == "503" for p in cell.probes)
+        cell.front_growth_mib = max(0.0, guard.peak_front - guard.start_front)
+        cell.tree_growth_mib = max(0.0, guard.peak - guard.start_tree)
+        cell.disk_peak_mib = guard.peak_disk
         if attackers.opened < k:
             cell.note = f"{k - attackers.opened} attackers could not connect: {attackers.error}"
         if guard.tripped.is_set():
@@ -373,7 +410,7 @@ def describe(cell: Cell, timeout: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="K = 2, 2 probes, 2 s timeout")
-    parser.add_argument("--ks", default="2,10,100", help="attack sizes K")
+    parser.add_argument("--ks", default="10,100,1000", help="attack sizes K")
     parser.add_argument("--attacks", default=",".join(sections.ATTACKS))
     parser.add_argument("--only", default="", help="comma-separated servers to run")
     parser.add_argument("--probes", type=int, default=5, help="probes per cell")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import resource
 import signal
 import socket
 import ssl
@@ -20,6 +21,7 @@ import pytest
 import trustme
 
 from support import TESTS, Front, free_port, wait_for
+from wsgipool._serve.edge import max_connections_for
 
 PARSERS = ["httptools", "h11"]
 #: Long enough for a loaded machine to answer a GET, short enough for the tests.
@@ -153,23 +155,61 @@ def test_keep_alive_head_is_timed_too(front: Callable[..., Front], parser: str) 
 
 
 @pytest.mark.parametrize("parser", PARSERS)
-def test_connections_past_the_bound_get_503(front: Callable[..., Front], parser: str) -> None:
-    server = serve(front, parser, "--max-connections", "4", "--header-timeout", "60")
-    held = [Peer(server.port) for _ in range(4)]
+def test_at_the_bound_the_cheapest_connection_makes_room(
+    front: Callable[..., Front], parser: str
+) -> None:
+    """Idle first, then the oldest unfinished head, then the slowest upload; 503 only
+    when every connection does real work (here: responses being read)."""
+    server = front(
+        "apps:download", "-w", "1", "--http", parser, "--max-connections", "4",
+        "--header-timeout", "60", "--keep-alive", "60", "--client-rate-grace", "60",
+        "--metrics", "--no-access-log",
+    ).ready()  # fmt: skip
+    idle, head, upload = Peer(server.port), Peer(server.port), Peer(server.port)
+    idle.send(b"GET /?mib=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert idle.sock.recv(65536).startswith(b"HTTP/1.1 200")  # then kept alive, idle
+    head.send(b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finished
+    upload.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"a" * 10)
+    busy = [slow_reader(server.port)]
     try:
-        response = exchange(server.port, GET)
-        assert statuses(response) == [503]
+        for shed in (idle, head, upload):  # each newcomer is served; the cheapest goes
+            busy.append(slow_reader(server.port))
+            assert shed.read_all() == b""  # closed without a word
+        response = exchange(server.port, b"GET /?mib=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert statuses(response) == [503]  # all four are sending responses
         assert b"connection: close" in response
-        held.pop().close()
-
-        def answered() -> bool:
-            return statuses(exchange(server.port, GET)) == [200]
-
-        wait_for(answered, what="a free connection slot")
     finally:
-        for peer in held:
+        for peer in (idle, head, upload, *busy):
             peer.close()
-    assert metric(server, "wsgipool_connections_closed_total", reason="max_connections") >= 1
+    closed = "wsgipool_connections_closed_total"
+    for reason in ("shed idle", "shed head", "shed upload", "max_connections"):
+        assert metric(server, closed, reason=reason) == 1
+
+
+def test_the_open_files_limit_is_raised_at_start(front: Callable[..., Front]) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 512:
+        pytest.skip("needs a hard limit of open files above 512, and a finite one")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))  # inherited by the server
+    try:
+        server = front("apps:pid", "-w", "1")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    server.ready()
+    limits = Path(f"/proc/{server.proc.pid}/limits").read_text()
+    assert re.search(rf"Max open files\s+{hard}\s+{hard}\s", limits)
+    connections = max_connections_for(hard, 1)
+    said = f"at most {connections} connections (open files: 512 raised to {hard})"
+    assert said in server.output()
+
+
+def slow_reader(port: int) -> Peer:
+    """A connection whose response is in progress: it reads the head and no more."""
+    peer = Peer(port)
+    peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    peer.send(b"GET /?mib=16 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert peer.sock.recv(4096).startswith(b"HTTP/1.1 200")
+    return peer
 
 
 # -- hostile requests: wsgipool serve -------------------------------------------------------
@@ -357,6 +397,24 @@ def test_tls_with_a_certificate_made_here(front: Callable[..., Front], tmp_path:
         httpx.get(url + "/", timeout=10)
     assert f"on {url} with 1 workers" in server.output()
     assert server.stop() == 0
+
+
+def test_a_tls_handshake_is_bounded_as_a_head_is(
+    front: Callable[..., Front], tmp_path: Path
+) -> None:
+    """A connection that never finishes its handshake is closed after header_timeout,
+    not asyncio's 60 s."""
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    certfile = tmp_path / "cert.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    server = front("apps:pid", "-w", "1", "--certfile", str(certfile), "--header-timeout", "1")
+    wait_for(lambda: "serving apps:pid" in server.output(), 30, "the HTTPS front")
+    silent, partial = Peer(server.port), Peer(server.port)
+    partial.send(b"\x16\x03\x01")  # the start of a ClientHello, never finished
+    assert silent.read_all() == b""  # within the socket's 15 s
+    assert partial.read_all() == b""
+    silent.close()
+    partial.close()
 
 
 def test_tls_client_certificates(front: Callable[..., Front], tmp_path: Path) -> None:

@@ -73,6 +73,6 @@ def test_refusals_are_counted_and_logged_sparingly(caplog: pytest.LogCaptureFixt
 
 
 def test_default_bound_fits_the_descriptor_limit() -> None:
-    assert max_connections_for(1_048_576, 8) == 1000
-    assert max_connections_for(1024, 8) == 1024 - 64 - 32
+    assert max_connections_for(1_048_576, 8) == 4096
+    assert max_connections_for(1024, 8) == (1024 - 64 - 32) // 3  # socket and spool files
     assert max_connections_for(50, 8) == 1

@@ -247,6 +247,14 @@ class Config:
         parse_size,
         rule=AT_LEAST_0_OR_NONE,
     )
+    buffer_disk: int | None = option(
+        1024**3,
+        "bytes of bodies the front holds in temporary files across all requests (at most "
+        "half the free space of buffer_dir at start); past it the response whose client is "
+        "furthest behind is cut off; none: no bound",
+        parse_size,
+        rule=AT_LEAST_0_OR_NONE,
+    )
     buffer_dir: str | None = option(
         None, "directory of the temporary files (default: the system's temp dir)", str
     )
@@ -426,7 +434,8 @@ class Config:
         if unknown:
             raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
         options = dict(options)
-        for name in ("max_body_size", "max_rss", "buffer_memory", "max_response_buffer"):
+        for name in ("max_body_size", "max_rss", "buffer_memory", "buffer_disk",
+                     "max_response_buffer"):  # fmt: skip
             if isinstance(options.get(name), str):
                 try:
                     options[name] = parse_size(options[name])

@@ -13,7 +13,6 @@ import importlib.util
 import logging
 import math
 import os
-import resource
 import signal
 import sys
 import threading
@@ -28,7 +27,7 @@ from .._front.adapter import WsgiToAsgi
 from .._logging import configure_cli
 from .._serve.access import AccessFormat, AccessLog
 from .._serve.admin import AdminServer, warn_if_public
-from .._serve.edge import MAX_CONNECTIONS, EdgeSettings, max_connections_for
+from .._serve.edge import EdgeSettings, max_connections_for, raise_open_files
 from .._serve.host import Listener, ServedApp, bind, server_name
 from .._serve.sockets import inherited, systemd_fds
 from .._titles import front_title, set_title
@@ -54,6 +53,7 @@ class Serving:
                 "wsgipool serve needs uvicorn: pip install 'wsgipool[serve]'"
             ) from exc
         from .._serve.protocols import protocol_class
+        from .._serve.server import EdgeServer
         from .._serve.uvicorn import quiet_repeats
 
         if args.chdir:
@@ -94,11 +94,14 @@ class Serving:
         config = self.app.config
         graceful = config.graceful_timeout
         self.tls = bool(tls)
+        self.open_files = raise_open_files()
+        self.connections = self.max_connections(args)
         self.served = ServedApp(self.app, self.banner(), args.reload)
         self.edge = EdgeSettings(
-            config.limits, args.header_timeout, self.max_connections(args), self.app.refusals
-        )
-        self.server = uvicorn.Server(
+            config.limits, args.header_timeout, self.connections, self.app.refusals,
+            min_upload_rate=config.min_client_rate,
+        )  # fmt: skip
+        self.server = EdgeServer(
             uvicorn.Config(
                 self.asgi_app(args), lifespan="on", log_config=None, log_level=args.log_level,
                 access_log=False, root_path=args.root_path,
@@ -108,7 +111,8 @@ class Serving:
                 http=protocol_class(self.http_parser, self.edge),
                 h11_max_incomplete_event_size=self.edge.head_cap,
                 **tls,
-            )
+            ),
+            args.header_timeout,  # a TLS handshake is bounded as a request head is
         )  # fmt: skip
 
     def asgi_app(self, args: argparse.Namespace) -> Any:
@@ -126,9 +130,7 @@ class Serving:
             if args.max_connections < 1:
                 raise ConfigError(f"invalid max_connections: {args.max_connections}")
             return int(args.max_connections)
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        open_files = MAX_CONNECTIONS * 2 if soft == resource.RLIM_INFINITY else soft
-        return max_connections_for(open_files, self.app.config.max_workers or 1)
+        return max_connections_for(self.open_files[1], self.app.config.max_workers or 1)
 
     def banner(self) -> str:
         """The one line an operator reads at start: what is served, where, and how."""
@@ -142,6 +144,9 @@ class Serving:
         if self.workers_from:
             text += f" (from {self.workers_from})"
         text += f" (wsgipool {__version__}, {server_name(self.http_parser)})"
+        before, after = self.open_files
+        files = f"{before} raised to {after}" if after > before else str(after)
+        text += f"; at most {self.connections} connections (open files: {files})"
         text += f"; /-/ endpoints: {', '.join(extras)}" if extras else ""
         return text + (f"; admin on {self.admin.url}" if self.admin is not None else "")
 

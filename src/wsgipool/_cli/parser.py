@@ -130,8 +130,9 @@ SERVER_OPTIONS = (
     ),
     Option(
         "max_connections", None,
-        f"open connections at most; past it a new one gets 503 (default: {MAX_CONNECTIONS}, "
-        "fewer if the descriptor limit is low)", int,
+        "open connections at most; past it an idle, stalled or slow one is closed for a new "
+        f"one, which gets 503 only if all do real work (default: {MAX_CONNECTIONS}, fewer if "
+        "the descriptor limit is low)", int,
     ),
     Option("http", "auto", "HTTP/1.1 parser: httptools, h11, or auto (httptools if installed)",
            one_of("auto", "httptools", "h11")),

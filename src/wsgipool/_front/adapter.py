@@ -29,7 +29,7 @@ from .guard import Refusals, refusal
 from .linger import answer_early, linger_before_reading
 from .proxy import Proxies
 from .request_id import RequestIds
-from .spool import MemoryBudget
+from .spool import MemoryBudget, disk_budget
 
 log = logging.getLogger("wsgipool.front")
 
@@ -54,7 +54,10 @@ class WsgiToAsgi:
         self.spec = describe(wsgi_application)
         self.proxies = self.config.proxies()
         self.pool = Pool(self.spec, self.config)
-        self.budget = MemoryBudget(self.config.buffer_memory or 0)  # bodies held in memory
+        config = self.config
+        self.budget = MemoryBudget(  # bodies held in memory, and on disk
+            config.buffer_memory or 0, disk_budget(config.buffer_disk, config.buffer_dir)
+        )
         self.refusals = Refusals()  # also counted by the server layer of ``wsgipool serve``
         self.observer = observer_for(self.pool, label(self.spec), self.refusals, self.budget)
         header = self.config.request_id_header

@@ -34,7 +34,7 @@ from .intake import BodyRefused, Pace, check_size, first_message, take_body
 from .linger import NO_LINGER, Linger, answer_early, linger_before_reading, linger_time
 from .relay import Relay
 from .response import CLOSE, plain_response
-from .spool import MemoryBudget, Spool
+from .spool import MemoryBudget, Spool, SpoolError
 
 log = logging.getLogger("wsgipool.front")
 #: A body up to this size travels with the request (it fits an empty pipe); a larger
@@ -190,7 +190,13 @@ class Exchange:
         payload: list[bytes | memoryview] = [proto.request_frame(cgi)]
         if len(body) > INLINE_BODY:
             spool = Spool(self.budget, config.buffer_dir)
-            spool.put(body)  # written by the feeding task, while the response is read
+            try:
+                spool.put(body)  # written by the feeding task, while the response is read
+            except SpoolError as exc:  # no room on disk (the budget, or the disk itself)
+                spool.close()
+                log.warning("503 for %s: %s", self.request_line, exc)
+                await self.respond(503, "Service Unavailable", (b"retry-after", b"1"))
+                return
         elif body:
             payload += proto.body_frames(body)
         if spool is None and not more:

@@ -101,6 +101,7 @@ class Relay:
         slower than Pace allows (one cancel scope, its deadline moved per send)."""
         pace = Pace(self.exchange.config)
         with anyio.CancelScope() as scope:
+            self.r.drain_scope = scope
             while not self.exchange.disconnected:
                 if not self.r.items:
                     if self.r.done:
@@ -120,7 +121,7 @@ class Relay:
                 await self.exchange.deliver(message)
                 self.r.sent()
                 pace.end(len(message.get("body", b"")))
-        if scope.cancelled_caught:
+        if scope.cancelled_caught and not self.r.shed_for_disk:
             self.exchange.disconnected = True
             detail = f"the client reads too slowly ({self.exchange.request_line}: {pace.why()})"
             self.exchange.refusals.closed("slow reader", detail, self.exchange.client)
@@ -190,7 +191,11 @@ class Relay:
         except SpoolError:
             self.r.spill = True  # no file to offer: the front goes on writing its own
             return
-        frame = proto.spill_frame(shared_path(fd), cap - spool.size)
+        allowance = spool.reserve(cap - spool.size)  # within the front's disk budget
+        if allowance <= 0:
+            self.r.spill = True  # the front writes its own, and the budget decides who pays
+            return
+        frame = proto.spill_frame(shared_path(fd), allowance)
         self.r.spill = self.lease.try_send(frame)
 
     # -- client -> worker -----------------------------------------------------------

@@ -10,6 +10,7 @@ decides the answers that are the front's own (a 500, a 502/504, a refused body's
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from typing import Any, Protocol
 
@@ -20,8 +21,8 @@ from .._errors import ProtocolError
 from .._types import Message
 from .._wire import frames as proto
 from .._wire import remote as remote
-from .guard import PHRASES
-from .spool import MemoryBudget, Spool, SpoolError
+from .guard import PHRASES, Refusals
+from .spool import DiskBudgetSpent, MemoryBudget, Spool, SpoolError
 
 log = logging.getLogger("wsgipool.front")
 app_log = logging.getLogger("wsgipool.app")
@@ -34,6 +35,8 @@ COALESCE = 256 * 1024
 COALESCE_BEHIND = 64 * 1024
 #: Largest message when the budget has no room or the spool is on disk (see next()).
 SLOW_MESSAGE = 64 * 1024
+#: Bytes a response is credited as read when its client's pace is judged (drain_time).
+READ_CREDIT = 1024 * 1024
 #: A queued body chunk: the message is built from the spool's next chunk when sent.
 CHUNK = None
 Item = Message | None
@@ -58,6 +61,8 @@ class ClientSide(Protocol):
 
     config: Config
     budget: MemoryBudget
+    refusals: Refusals
+    client: object
     disconnected: bool  # the client left, or was cut off
     refused_with: int  # 413 or 408: the front refused the rest of a streamed body (0: no)
     failure: BaseException | None  # raised from the ASGI call once done
@@ -86,6 +91,11 @@ class Response:
         self._room: anyio.Event | None = None  # the pump waits for the spool to shrink
         self._held = 0  # bytes of the last message sent, counted in the memory budget
         self._sending = 0  # ... of the message being sent, likewise
+        self._began = 0.0  # when the spool was made (monotonic)
+        self._read = 0  # bytes of the spool taken out for the client
+        #: Cancelled to cut the client off mid-send (the drain's scope); set by the relay.
+        self.drain_scope: anyio.CancelScope | None = None
+        self.shed_for_disk = False  # cut off to keep the disk budget
 
     # -- the worker's side ------------------------------------------------------------
 
@@ -119,7 +129,9 @@ class Response:
         """From now on body chunks wait in a spool; those queued by the first read (up
         to a pipe's worth) move into it, where the memory budget counts them."""
         client = self.client
-        self.spool = Spool(client.budget, client.config.buffer_dir)
+        self.spool = Spool(client.budget, client.config.buffer_dir, holder=self)
+        self._began = time.monotonic()
+        client.budget.holders[self] = None
         queued, self.items = self.items, deque()
         for item in queued:
             if item is not CHUNK and item.get("more_body") and item["type"] == BODY:
@@ -132,6 +144,7 @@ class Response:
         """Let go of the spool and of what the budget counts for messages sent."""
         if self.spool is not None:
             self.spool.close()
+        self.client.budget.holders.pop(self, None)
         self.client.budget.give(self._held + self._sending)
         self._held = self._sending = 0
 
@@ -156,8 +169,45 @@ class Response:
         self.items.append(CHUNK)
 
     def cut_off(self, exc: SpoolError) -> None:
+        if isinstance(exc, DiskBudgetSpent):
+            self.shed()
+            return
         log.error("response to %s cut off: %s", self.client.request_line, exc)
         self.client.disconnected = True
+
+    def drain_time(self) -> float:
+        """Seconds the client would take to read what this response holds on disk, at the
+        pace it read so far (with ``READ_CREDIT`` bytes, over at least a second: a new
+        response is not judged on its first milliseconds); 0 when nothing is on disk."""
+        spool = self.spool
+        claim = 0 if spool is None else spool.claim
+        if not claim:
+            return 0.0
+        rate = (self._read + READ_CREDIT) / max(time.monotonic() - self._began, 1.0)
+        return claim / rate
+
+    def shed(self) -> None:
+        """Cut the client off to keep the disk budget: its spool is freed now, its drain
+        stops sending, the app is told to stop; one rate-limited warning, no error."""
+        client = self.client
+        client.budget.holders.pop(self, None)
+        held = 0 if self.spool is None else self.spool.size
+        if self.spool is not None:
+            self.spool.close()  # freed now, even for a client already gone
+        if client.disconnected:
+            return
+        client.disconnected = True
+        self.shed_for_disk = True
+        client.refusals.closed(
+            "disk budget",
+            f"the disk budget is spent and this client is furthest behind "
+            f"({client.request_line}: {held} bytes held, {self._read} read)",
+            client.client,
+        )
+        if self.drain_scope is not None:
+            self.drain_scope.cancel()
+        self.queued()
+        self.make_room()
 
     def _adopt(self, size: int) -> None:
         if not self.spill or self.spool is None:
@@ -177,6 +227,8 @@ class Response:
         self._commit()
         if not self.committed:
             raise ProtocolError("worker ended a response it never started")
+        if self.spool is not None:
+            self.spool.unreserve()  # the worker writes no more of it
         self.items.append(END_MESSAGE)
 
     def own(self, status: int, text: str) -> None:
@@ -233,6 +285,7 @@ class Response:
                 parts.append(part)
                 size += len(part)
             data = b"".join(parts)
+        self._read += len(data)
         if roomy:
             budget.give(COALESCE - len(data))  # what was set aside, less what it holds
             self._sending = len(data)

@@ -18,6 +18,7 @@ import os
 import tempfile
 from collections import deque
 from collections.abc import MutableSequence
+from typing import Protocol
 
 #: Bytes of one spool kept in memory before it writes to its file.
 MEMORY_PER_SPOOL = 1024 * 1024
@@ -32,19 +33,73 @@ MERGE_SPILLED = 1024 * 1024
 MERGE_UP_TO = 64 * 1024
 
 
+#: Least a worker is allowed to spill at once when the disk budget is tight (at most a
+#: quarter of the budget; responses further behind are cut to make room): past its
+#: allowance the worker writes into the pipe and the front copies every byte to disk.
+SPILL_LEAST = 64 * 1024 * 1024
+#: Share of the buffer directory's free space (at start) that spool files may take at most.
+DISK_SHARE = 0.5
+
+
 class SpoolError(Exception):
     """The spool's file could not be made, written or read (disk full, no ``buffer_dir``)."""
 
 
+class DiskBudgetSpent(SpoolError):
+    """No room within the front-wide budget of bytes on disk, and this spool pays for it."""
+
+
+class Holder(Protocol):
+    """A response that holds bytes for its client, and may be cut to free them."""
+
+    def drain_time(self) -> float:
+        """Seconds its client would take to read what is held, at its pace so far."""
+        ...
+
+    def shed(self) -> None:
+        """Cut the client off now, freeing what is held (and leave the budget's holders)."""
+        ...
+
+
 class MemoryBudget:
-    """Bytes of bodies the whole front may hold in memory at once (and holds on disk now)."""
+    """Bytes of bodies the whole front may hold in memory at once, and on disk.
 
-    __slots__ = ("limit", "on_disk", "used")
+    Memory past ``limit`` goes to disk. Disk past ``disk_limit`` (None: no bound) is paid
+    for by a response: the one whose client would take longest to read what is held for it
+    at the pace it has read so far (it read least and holds most) is cut off, whether it is
+    the one asking or another; a request body asking is refused when no response can pay.
+    A client that keeps up holds little and reads fast, so it is the last to pay; a worker
+    never waits for room."""
 
-    def __init__(self, limit: int) -> None:
+    __slots__ = ("disk_limit", "holders", "limit", "on_disk", "reserved", "used")
+
+    def __init__(self, limit: int, disk_limit: int | None = None) -> None:
         self.limit = limit
+        self.disk_limit = disk_limit
         self.used = 0  # in memory
         self.on_disk = 0  # in spool files, the workers' spills included
+        self.reserved = 0  # promised to workers writing spill files, not written yet
+        self.holders: dict[Holder, None] = {}  # responses that may be cut, oldest first
+
+    def room_on_disk(self, size: int, asking: Holder | None = None) -> bool:
+        """Is there room for ``size`` more bytes on disk? Cuts responses to make it; False
+        if the one to pay is ``asking`` (or none can: a request body asking)."""
+        limit = self.disk_limit
+        while limit is not None and self.on_disk + self.reserved + size > limit:
+            victim = max(self.holders, key=_drain_time, default=None)
+            if victim is None or victim is asking or victim.drain_time() <= 0:
+                return False
+            if asking is not None and victim.drain_time() <= asking.drain_time():
+                return False  # the asker is as far behind as any: it pays itself
+            victim.shed()
+            self.holders.pop(victim, None)  # freed, even if shed() did not say so
+        return True
+
+    def disk_room(self) -> int | None:
+        """Bytes left on disk within the budget (None: no bound)."""
+        if self.disk_limit is None:
+            return None
+        return max(0, self.disk_limit - self.on_disk - self.reserved)
 
     def take(self, size: int) -> bool:
         if self.used + size > self.limit:
@@ -56,17 +111,39 @@ class MemoryBudget:
         self.used -= size
 
 
+def _drain_time(holder: Holder) -> float:
+    return holder.drain_time()
+
+
+def disk_budget(configured: int | None, directory: str | None) -> int | None:
+    """``configured``, or less when the buffer directory's filesystem has less free space
+    than it takes (at most :data:`DISK_SHARE` of it): the budget must fit the disk."""
+    if configured is None:
+        return None
+    try:
+        stat = os.statvfs(directory or tempfile.gettempdir())
+    except OSError:
+        return configured
+    return min(configured, int(stat.f_bavail * stat.f_frsize * DISK_SHARE))
+
+
 class Spool:
     """Chunks in arrival order, in memory first and then in temporary files."""
 
-    __slots__ = ("_budget", "_dir", "_disk", "_fd", "_head", "_in_memory", "_memory", "_merge",
-                 "_out", "_out_held", "_out_size", "_spill_at", "_spill_fd", "_write_at",
-                 "size", "split")  # fmt: skip
+    __slots__ = ("_budget", "_dir", "_disk", "_fd", "_head", "_holder", "_in_memory", "_memory",
+                 "_merge", "_out", "_out_held", "_out_size", "_reserved", "_spill_at",
+                 "_spill_fd", "_write_at", "on_disk_size", "size", "split")  # fmt: skip
 
     def __init__(
-        self, budget: MemoryBudget, directory: str | None = None, merge: bool = False
+        self,
+        budget: MemoryBudget,
+        directory: str | None = None,
+        merge: bool = False,
+        holder: Holder | None = None,
     ) -> None:
         self._budget = budget
+        self._holder = holder  # who pays when the disk budget is spent (None: refuse)
+        self._reserved = 0  # of the budget's reservation, what the worker may still spill
         self._dir = directory
         self._merge = merge  # chunk boundaries do not matter: small chunks are joined
         self._memory: deque[bytes | bytearray] = deque()
@@ -81,7 +158,13 @@ class Spool:
         self._spill_at = 0  # where the worker's next chunk lies in the spill file
         self._head = 0  # bytes of the first chunk in memory already handed out
         self.size = 0  # bytes held, in memory and on disk
+        self.on_disk_size = 0  # ... of them on disk
         self.split = False  # the last get() left the rest of its chunk first in line
+
+    @property
+    def claim(self) -> int:
+        """Bytes of the disk budget this spool holds or has promised its worker."""
+        return self.on_disk_size + self._reserved
 
     @property
     def on_disk(self) -> bool:
@@ -108,10 +191,13 @@ class Spool:
         """Queue ``chunk`` for the file; a write call per ``WRITE_AT`` bytes, not per chunk
         (a body arrives in many small pieces)."""
         size = len(chunk)
+        if not self._budget.room_on_disk(size, self._holder):
+            raise DiskBudgetSpent("the front's budget of bytes on disk is spent")
         offset = self._write_at + self._out_size
         if not (self._merge and _extend(self._disk, OWN, offset, size, WRITE_AT)):
             self._disk.append((OWN, offset, size))
         self._budget.on_disk += size
+        self.on_disk_size += size
         if self._merge:
             _join(self._out, chunk)
         else:
@@ -157,6 +243,24 @@ class Spool:
                 raise SpoolError(f"cannot make a spill file: {exc}") from exc
         return self._spill_fd
 
+    def reserve(self, most: int) -> int:
+        """Up to ``most`` bytes the worker may write into the spill file, set aside in the
+        disk budget (cutting responses further behind to make room): the bytes granted."""
+        budget = self._budget
+        room, limit = budget.disk_room(), budget.disk_limit
+        if room is not None and limit is not None:  # a share of what is left, not all of it
+            most = min(most, max(room // 4, min(SPILL_LEAST, limit // 4)))
+            if not budget.room_on_disk(most, self._holder):
+                return 0
+        self._reserved += most
+        budget.reserved += most
+        return most
+
+    def unreserve(self) -> None:
+        """The worker writes no more (its response ended): what it did not use is free."""
+        self._budget.reserved -= self._reserved
+        self._reserved = 0
+
     def adopt(self, size: int, merge: bool = False) -> bool:
         """The spill file's next ``size`` bytes (the worker wrote them) are the next chunk,
         or, with ``merge``, the end of the last one when it lies just before them (up to
@@ -165,6 +269,10 @@ class Spool:
         offset = self._spill_at
         self._spill_at += size
         self._budget.on_disk += size
+        self.on_disk_size += size
+        taken = min(size, self._reserved)
+        self._reserved -= taken
+        self._budget.reserved -= taken
         self.size += size
         if merge and _extend(self._disk, self._spill_fd, offset, size, MERGE_SPILLED):
             return True
@@ -196,6 +304,7 @@ class Spool:
             else:
                 self._disk.popleft()
             self._budget.on_disk -= size  # gone from the count even if it cannot be read
+            self.on_disk_size -= size
             if fd == OWN:
                 self._flush()
                 fd = self._fd
@@ -243,6 +352,7 @@ class Spool:
 
     def _forget_disk(self) -> None:
         self._budget.on_disk -= sum(size for _, _, size in self._disk)
+        self.on_disk_size = 0
         self._disk.clear()
 
     def close(self) -> None:
@@ -255,6 +365,7 @@ class Spool:
         self._out_size = 0
         self._budget.give(self._out_held)
         self._out_held = 0
+        self.unreserve()
         self.size = 0
         for fd in (self._fd, self._spill_fd):
             if fd >= 0:

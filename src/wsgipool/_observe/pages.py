@@ -330,6 +330,16 @@ class FrontCollector:
         held.add_metric(["memory"], self.budget.used)
         held.add_metric(["disk"], self.budget.on_disk)
         yield held
+        bound = GaugeMetricFamily(
+            "wsgipool_buffer_limit_bytes",
+            "Bytes of bodies the front may hold for slow clients, by where (no disk sample: "
+            "no bound)",
+            labels=["where"],
+        )
+        bound.add_metric(["memory"], self.budget.limit)
+        if self.budget.disk_limit is not None:
+            bound.add_metric(["disk"], self.budget.disk_limit)
+        yield bound
 
 
 _PAGE = """<!doctype html>
@@ -358,7 +368,8 @@ th {{ background: #f6f6f6; }} td.state, td.request {{ text-align: left; }}
 <code>kill -USR1 {pid}</code>.</p>
 <p id="restarts">Workers replaced: {restarts}.</p>
 <p id="refused">Requests refused: {refused}. Connections closed: {closed}.</p>
-<p id="buffered">Bodies held for slow clients: {memory} in memory, {disk} on disk.</p>
+<p id="buffered">Bodies held for slow clients: {memory} in memory, {disk} on disk
+(at most {memory_limit} in memory, {disk_limit} on disk).</p>
 </body></html>
 """
 _ROW = (
@@ -418,4 +429,10 @@ def render_status(observer: Observer) -> str:
         closed=html.escape(closed or "none"),
         memory=mebibytes(observer.budget.used),
         disk=mebibytes(observer.budget.on_disk),
+        memory_limit=mebibytes(observer.budget.limit),
+        disk_limit=_bound(observer.budget.disk_limit),
     )
+
+
+def _bound(size: int | None) -> str:
+    return "no bound" if size is None else mebibytes(size)

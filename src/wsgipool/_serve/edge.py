@@ -8,13 +8,21 @@ still decides what the head means, and ``_guard.refusal`` checks the parsed resu
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from dataclasses import dataclass
+import resource
+from dataclasses import dataclass, field
+from typing import Any
 
 from .._front.guard import Limits, Refusal, Refusals
 
-#: gunicorn's worker_connections default, lowered to fit the descriptor limit.
-MAX_CONNECTIONS = 1000
+#: Open connections at most by default, fewer when the descriptor limit is low. Above a
+#: flood of a thousand connections that all do real work (slow readers), so a newcomer is
+#: still served; far below what memory allows (a connection costs the front some KiB).
+MAX_CONNECTIONS = 4096
+#: Descriptors one connection may hold: its socket, its response's spool file and the
+#: spill file its worker writes into.
+FILES_PER_CONNECTION = 3
 #: Seconds a connection gets to send a complete request head (nginx's
 #: client_header_timeout is 60 s, Apache's mod_reqtimeout 20-40 s).
 HEADER_TIMEOUT = 20.0
@@ -28,6 +36,10 @@ class EdgeSettings:
     header_timeout: float | None
     max_connections: int | None
     refusals: Refusals
+    #: bytes/s below which an upload may be shed for a new connection (min_client_rate)
+    min_upload_rate: int = 0
+    #: the connections idle between requests (kept alive), the longest idle first
+    idle: dict[Any, None] = field(default_factory=dict, compare=False, repr=False)
 
     @functools.cached_property
     def head_cap(self) -> int | None:
@@ -38,11 +50,64 @@ class EdgeSettings:
         return limits.request_line + 2 + limits.fields * (limits.field_size + 2) + 2
 
 
+class Sheddable:
+    """The cheapest connection to close for a new one, found in one pass: a connection
+    already refused (lingering) first, then the head begun longest ago (a connection that
+    sent nothing included), then the upload with the fewest bytes per second below the
+    floor. (Idle kept-alive connections come before all of them, from their registry.)"""
+
+    __slots__ = ("head", "head_since", "refused", "upload", "upload_rate")
+
+    def __init__(self) -> None:
+        self.refused: Any = None
+        self.head: Any = None
+        self.head_since = float("inf")
+        self.upload: Any = None
+        self.upload_rate = float("inf")
+
+    def consider_head(self, conn: Any, since: float) -> None:
+        if since < self.head_since:
+            self.head, self.head_since = conn, since
+
+    def consider_upload(self, conn: Any, rate: float, floor: float) -> None:
+        if rate < floor and rate < self.upload_rate:
+            self.upload, self.upload_rate = conn, rate
+
+    def pick(self) -> tuple[Any, str] | None:
+        """The connection to close and the reason counted for it; None: all do real work."""
+        if self.refused is not None:
+            return self.refused, "shed refused"
+        if self.head is not None:
+            return self.head, "shed head"
+        if self.upload is not None:
+            return self.upload, "shed upload"
+        return None
+
+
 def max_connections_for(open_files: int, workers: int) -> int:
-    """:data:`MAX_CONNECTIONS`, or fewer when the descriptor limit is lower: each worker
-    holds a few descriptors (pipes, its pidfd) and the front needs some of its own."""
+    """:data:`MAX_CONNECTIONS`, or fewer when the descriptor limit is lower: each
+    connection may hold :data:`FILES_PER_CONNECTION` descriptors, each worker a few (pipes,
+    its pidfd), and the front needs some of its own."""
     reserve = 64 + 4 * workers
-    return max(1, min(MAX_CONNECTIONS, open_files - reserve))
+    return max(1, min(MAX_CONNECTIONS, (open_files - reserve) // FILES_PER_CONNECTION))
+
+
+def raise_open_files() -> tuple[int, int]:
+    """Raise the soft limit of open files to the hard one, as nginx's
+    ``worker_rlimit_nofile`` does: ``(before, after)`` (unlimited counts as the kernel's
+    ``nr_open``). A soft limit of 1024 would otherwise bound the connections, not memory."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = hard
+    if hard == resource.RLIM_INFINITY:
+        ceiling = 1 << 20
+        with contextlib.suppress(OSError, ValueError), open("/proc/sys/fs/nr_open") as file:
+            ceiling = int(file.read())
+    before = ceiling if soft == resource.RLIM_INFINITY else soft
+    if before < ceiling:
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+            return before, ceiling
+    return before, before
 
 
 def small_head(data: bytes, limits: Limits) -> bool:

@@ -30,6 +30,10 @@ class EdgeHttpToolsProtocol(EdgeMixin, HttpToolsProtocol):
         cycle = self.cycle
         return cycle is None or cycle.scope is not self.scope or not cycle.more_body
 
+    def receiving_body(self) -> bool:
+        cycle = self.cycle
+        return cycle is not None and cycle.scope is self.scope and cycle.more_body
+
     def send_400_response(self, msg: str) -> None:
         if self.scope is not None and self.scope.get("method") == "CONNECT":
             self.refuse(CONNECT_REFUSED)  # its authority-form target is no URL to uvicorn

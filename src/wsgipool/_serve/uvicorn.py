@@ -5,7 +5,9 @@ subclasses of its h11 and httptools protocols (uvicorn takes a class as ``http=`
 httptools one lives in :mod:`wsgipool._serve.httptools`, imported only when used) add,
 for each connection:
 
-* a bound: past ``max_connections`` open connections, a new one gets 503 and is closed;
+* a bound: past ``max_connections`` open connections, the cheapest one is closed for the
+  new one (an idle kept-alive connection, else the oldest unfinished head, else the slowest
+  upload below ``min_client_rate``); only when all do real work does the new one get 503;
 * a header timeout: a connection that has not completed a request head within
   ``header_timeout`` of its first byte (or of being opened) is closed, with 408 if it
   had sent part of one;
@@ -29,7 +31,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .._front.guard import LOG_EVERY, Refusal
 from .._front.linger import LINGER_BYTES, LINGER_GAP, LINGER_TIME_SLOW
-from .edge import EdgeSettings, HeadScanner, small_head
+from .edge import EdgeSettings, HeadScanner, Sheddable, small_head
 
 _TIMED_OUT = Refusal(408, "header_timeout", "the request head took too long")
 _TOO_MANY = Refusal(503, "max_connections", "too many open connections")
@@ -57,6 +59,9 @@ class EdgeMixin:
         self.linger_until: float | None = None  # set once a refused connection lingers
         self.linger_heard = 0.0
         self.lingered = 0
+        self.head_since = 0.0  # loop time the head being received began
+        self.body_since = 0.0  # loop time the last head was complete
+        self.body_bytes = 0  # bytes received since (the request body, mostly)
 
     def between_messages(self) -> bool:
         """The next byte received starts a request head."""
@@ -66,15 +71,74 @@ class EdgeMixin:
         """The parser holds part of a request head."""
         raise NotImplementedError
 
+    def receiving_body(self) -> bool:
+        """A request body is still arriving."""
+        raise NotImplementedError
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         limit = self.edge.max_connections
-        if limit is not None and len(self.connections) > limit:
+        if limit is not None and len(self.connections) > limit and not self.shed_another():
             self.refuse(_TOO_MANY)
             return
         self.arm()
 
+    def shed_another(self) -> bool:
+        """Make room for this new connection by closing the cheapest other one; False if
+        every other connection does real work (a response, an upload at a fair rate)."""
+        idle = self.edge.idle
+        while idle:  # the longest idle first; no scan
+            other = next(iter(idle))
+            del idle[other]
+            if other.idle():
+                other.shed("shed idle", "idle, closed for a new connection")
+                return True
+        now, floor = self.loop.time(), self.edge.min_upload_rate
+        found = Sheddable()
+        for other in self.connections:
+            if other is self or not isinstance(other, EdgeMixin):
+                continue
+            if other.transport.is_closing():
+                continue
+            if other.refused:
+                found.refused = other
+                break
+            cycle = other.cycle
+            if other.head_deadline is not None and (cycle is None or cycle.response_complete):
+                found.consider_head(other, other.head_since)
+            elif cycle is not None and other.receiving_body():
+                elapsed = max(now - other.body_since, 1.0)
+                found.consider_upload(other, other.body_bytes / elapsed, floor)
+        picked = found.pick()
+        if picked is None:
+            return False
+        other, reason = picked
+        other.shed(reason, "closed for a new connection at max_connections")
+        return True
+
+    def idle(self) -> bool:
+        """Kept alive between requests, nothing of the next one received (a pipelined
+        request may have started since it was registered)."""
+        cycle = self.cycle
+        if self.transport.is_closing() or not (cycle is None or cycle.response_complete):
+            return False
+        return self.head_deadline is None and self.between_messages()
+
+    def shed(self, reason: str, detail: str) -> None:
+        """Close this connection to make room for another; counted, not logged each time."""
+        self.edge.idle.pop(self, None)
+        self.edge.refusals.closed(reason, detail, self.client)
+        self.refused = True
+        self.disarm()
+        self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        if getattr(self, "timeout_keep_alive_task", None) is not None:
+            self.edge.idle[self] = None  # kept alive, waiting for the next request
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self.edge.idle.pop(self, None)
         self.disarm()
         if self.head_timer is not None:
             self.head_timer.cancel()
@@ -82,13 +146,14 @@ class EdgeMixin:
         super().connection_lost(exc)  # type: ignore[misc]
 
     def data_received(self, data: bytes) -> None:
+        self.edge.idle.pop(self, None)
         if self.refused:
             if self.linger_until is not None:
                 self.lingering(data)
             return
         if self.scanner is None and self.between_messages():
             if small_head(data, self.edge.limits):  # the usual case: nothing to count
-                self.head_deadline = None  # the parser has the whole head now
+                self.head_complete()  # the parser has the whole head now
                 super().data_received(data)  # type: ignore[misc]
                 return
             self.scanner = HeadScanner(self.edge.limits)
@@ -114,11 +179,14 @@ class EdgeMixin:
             self.loose += len(data)
             cap = self.edge.head_cap
             return _HEAD_TOO_LARGE if cap is not None and self.loose > cap else None
+        self.body_bytes += len(data)
         return None  # a body
 
     def head_complete(self) -> None:
         self.loose = 0
         self.head_deadline = None
+        self.body_since = self.loop.time()
+        self.body_bytes = 0
 
     def arm(self) -> None:
         """Start the head's clock (a no-op while it runs). One timer per connection at a
@@ -127,7 +195,8 @@ class EdgeMixin:
         timeout = self.edge.header_timeout
         if timeout is None or self.head_deadline is not None:
             return
-        self.head_deadline = self.loop.time() + timeout
+        self.head_since = self.loop.time()
+        self.head_deadline = self.head_since + timeout
         if self.head_timer is None:
             self.head_timer = self.loop.call_at(self.head_deadline, self.header_timer)
 
@@ -226,6 +295,9 @@ class EdgeH11Protocol(EdgeMixin, H11Protocol):
     def inside_head(self) -> bool:
         return self.conn.their_state in (h11.IDLE, h11.DONE)
 
+    def receiving_body(self) -> bool:
+        return self.conn.their_state is h11.SEND_BODY
+
     def on_response_complete(self) -> None:
         """h11 parses a pipelined request only now: its head may be complete, or partial."""
         cycle = self.cycle
@@ -238,15 +310,21 @@ class EdgeH11Protocol(EdgeMixin, H11Protocol):
 
 class RepeatFilter(logging.Filter):
     """Lets uvicorn's per-request warnings about bad requests through once per
-    :data:`~wsgipool._front.guard.LOG_EVERY` seconds: a flood of them must not flood the log."""
+    :data:`~wsgipool._front.guard.LOG_EVERY` seconds: a flood of them must not flood the log;
+    drops its error for a response the front cut off (the front counts and logs those)."""
 
     MESSAGES = frozenset({"Invalid HTTP request received.", "Unsupported upgrade request."})
+    #: Never let through: the front returns without completing a response only when it
+    #: cut the client off (too slow, the disk budget), and says so itself, with counts.
+    SILENT = frozenset({"ASGI callable returned without completing response."})
 
     def __init__(self) -> None:
         super().__init__()
         self.last: dict[str, float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg in self.SILENT:
+            return False
         if record.msg not in self.MESSAGES:
             return True
         now = time.monotonic()
