@@ -79,7 +79,9 @@ def syscalls(fronts: list[int], url: str, connections: int, seconds: float) -> i
         return None
     with tempfile.NamedTemporaryFile("r", suffix=".strace") as out:
         attach = [arg for pid in fronts for arg in ("-p", str(pid))]
-        tracer = subprocess.Popen(["strace", "-c", "-f", "-o", out.name, *attach])
+        tracer = subprocess.Popen(
+            ["strace", "-c", "-f", "-o", out.name, *attach], stderr=subprocess.DEVNULL
+        )
         time.sleep(1.0)  # attaching takes a moment; the count is per request anyway
         try:
             requests = run_wrk(url, connections, seconds)
@@ -87,8 +89,9 @@ def syscalls(fronts: list[int], url: str, connections: int, seconds: float) -> i
             tracer.send_signal(signal.SIGINT)
             tracer.wait(30)
         for line in out.read().splitlines():
-            if line.rstrip().endswith("total"):
-                return round(int(line.split()[2]) / max(requests, 1))
+            fields = line.split()  # % time, seconds, usecs/call, calls, [errors,] total
+            if fields and fields[-1] == "total":
+                return round(int(fields[3]) / max(requests, 1))
     return None
 
 
