@@ -217,9 +217,9 @@ class Exchange:
         """Hand the request to a worker; one that was gone before it read a byte of it is
         replaced, as often as the pool may have workers."""
         for _ in range(self.pool.limit + 1):
-            lease = await self._acquire(self._client_gone if watch else None)
-            if lease is None:
-                return None
+            lease = await self._acquire(self._client_gone if watch else None, payload)
+            if lease is None or lease.request_sent:
+                return lease
             try:
                 await lease.send(*payload)
                 return lease
@@ -240,9 +240,11 @@ class Exchange:
             pass
         self.disconnected = True
 
-    async def _acquire(self, watch: Watch | None) -> Lease | None:
+    async def _acquire(
+        self, watch: Watch | None, payload: list[bytes | memoryview]
+    ) -> Lease | None:
         try:
-            return await self.pool.acquire(watch)
+            return await self.pool.acquire(watch, payload)
         except (OverloadedError, PoolClosedError) as exc:
             log.warning("503 for %s: %s", self.request_line, exc)
             await self.respond(503, "Service Unavailable", (b"retry-after", b"1"))

@@ -38,8 +38,8 @@ class Owner(Protocol):
 class Lease:
     """One request's hold on one worker."""
 
-    __slots__ = ("_owner", "_paused_left", "client_gone", "deadline", "ended", "timed_out",
-                 "timeout", "worker")  # fmt: skip
+    __slots__ = ("_owner", "_paused_left", "client_gone", "deadline", "ended", "request_sent",
+                 "timed_out", "timeout", "worker")  # fmt: skip
 
     def __init__(self, owner: Owner, worker: WorkerProcess, timeout: float | None) -> None:
         self._owner = owner
@@ -50,6 +50,7 @@ class Lease:
         self.timed_out = False  # the deadline passed: the worker is killed, never reused
         self.client_gone = False
         self.ended = False
+        self.request_sent = False  # the pool wrote the request's first frames with the hand-over
 
     def __repr__(self) -> str:
         return f"<lease of {self.worker!r}>"
