@@ -160,6 +160,12 @@ class AsyncioPipeReader(PipeReader):
             _expire(self._waiter)
 
     def _on_readable(self) -> None:
+        if self._waiter is None and (self._frames or self._error is not None):
+            # Nobody took the last read yet: leave the rest in the pipe. Pausing only now,
+            # not right after that read, spares a response that came before its reader
+            # (the pool hands a queued request to its worker itself) a remove and an add.
+            self._pause()
+            return
         try:
             self._receive()
         except BlockingIOError:
@@ -167,8 +173,8 @@ class AsyncioPipeReader(PipeReader):
         if self._waiter is not None and (self._frames or self._error):
             if not self._waiter.done():
                 self._waiter.set_result(None)
-        elif self._frames or self._error:
-            self._pause()  # nobody is reading: leave the rest in the pipe
+        elif self._error is not None:
+            self._pause()  # the end of the pipe stays readable: nothing more to read
 
     def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self.close()
