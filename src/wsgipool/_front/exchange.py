@@ -184,7 +184,7 @@ class Exchange:
         if spool is None and not more:
             payload.append(proto.EOF_FRAME)
         try:
-            lease = await self._dispatch(payload, watch=not more)
+            lease = await self._dispatch(payload, watch=not more, whole=spool is None and not more)
             if lease is not None:
                 await Relay(self, lease).run(more, len(body), spool)
         finally:
@@ -213,11 +213,17 @@ class Exchange:
         spool.close()  # it may have had to use a file (the memory budget was full)
         return body, None
 
-    async def _dispatch(self, payload: list[bytes | memoryview], watch: bool) -> Lease | None:
+    async def _dispatch(
+        self, payload: list[bytes | memoryview], watch: bool, whole: bool
+    ) -> Lease | None:
         """Hand the request to a worker; one that was gone before it read a byte of it is
-        replaced, as often as the pool may have workers."""
+        replaced, as often as the pool may have workers. A ``whole`` request (the payload
+        ends with EOF) may go to its worker with the hand-over, and is then answered even
+        if its client leaves meanwhile; one with more body to feed never goes ahead, so a
+        client that left never has the app told to stop before its body is in."""
+        ahead = payload if whole else []
         for _ in range(self.pool.limit + 1):
-            lease = await self._acquire(self._client_gone if watch else None, payload)
+            lease = await self._acquire(self._client_gone if watch else None, ahead)
             if lease is None or lease.request_sent:
                 return lease
             try:
