@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from importlib import metadata
 from pathlib import Path
@@ -77,14 +77,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_snapshot(pid: int) -> tuple[float, float, float, float]:
-    """CPU seconds of the server, its children, waited-for children of ours, the machine."""
+def cpu_snapshot(pid: int, backend: int | None = None) -> tuple[float, float, float, float]:
+    """CPU seconds of the server, its children, waited-for children of ours, the machine.
+
+    With a ``backend`` (nginx in front of gunicorn), the server is the proxy with its
+    children and the children are the backend's.
+    """
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     busy = sum(int(v) for i, v in enumerate(fields[:8]) if i not in (3, 4))  # not idle/iowait
     ours = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if backend is None:
+        front = cpu_seconds(pid)
+        workers = sum(cpu_seconds(kid) for kid in children(pid))
+    else:
+        front = sum(cpu_seconds(p) for p in [pid, *children(pid)])
+        workers = sum(cpu_seconds(p) for p in [backend, *children(backend)])
     return (
-        cpu_seconds(pid),
-        sum(cpu_seconds(kid) for kid in children(pid)),
+        front,
+        workers,
         ours.ru_utime + ours.ru_stime,
         busy / os.sysconf("SC_CLK_TCK"),
     )
@@ -106,11 +116,22 @@ def bench_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, **(extra or {})}
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+def wait_ready(
+    url: str,
+    proc: subprocess.Popen[bytes],
+    timeout: float = 60,
+    ready: Callable[[], bool] | None = None,
+) -> None:
+    """Until ``GET /hello`` answers 200 (or ``ready()`` is true, for a server off TCP)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with code {proc.returncode}")
+        if ready is not None:
+            if ready():
+                return
+            time.sleep(0.1)
+            continue
         try:
             with urllib.request.urlopen(url + "/hello", timeout=2) as response:
                 if response.status == 200:
@@ -127,6 +148,7 @@ def serving(
     log: Path,
     env: Mapping[str, str] | None = None,
     grace: float = 15.0,
+    ready: Callable[[], bool] | None = None,
 ) -> Iterator[tuple[int, str]]:
     """Run ``command`` (listening on ``port``) until the block ends: (pid, base URL)."""
     with log.open("wb") as out:
@@ -140,7 +162,7 @@ def serving(
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, proc)
+        wait_ready(url, proc, ready=ready)
         yield proc.pid, url
     finally:
         stop(proc, grace)

@@ -9,7 +9,8 @@ from typing import Any
 from bench import sections
 
 ME = "wsgipool"
-ORDER = ("uvicorn-asgi", "asgiref", "a2wsgi", "gunicorn", "wsgipool")
+ORDER = ("uvicorn-asgi", "asgiref", "a2wsgi", "gunicorn", "nginx-gunicorn", "wsgipool")
+PROXIED = "nginx-gunicorn"  # what `wsgipool serve` replaces
 LATENCY = "hello-1conn"  # the workload judged by p50 latency, not throughput
 NOISY = 20.0  # percent of a core used by processes outside the benchmark
 APPS = {"bench.app:app": "bench app"}  # other apps are named by their workload
@@ -72,35 +73,41 @@ def _targets(cells: Sequence[Any]) -> list[sections.Target]:
     def p50(c: Any) -> float:
         return float(c.p50_ms)
 
-    def gunicorn(label: str, workload: str, goal: float) -> sections.Target:
-        value = ratio(workload, "gunicorn", rps)
-        return _row(f"{label} ÷ gunicorn sync", value, f"≥ {goal:.2f} x", lambda v: v >= goal)
+    def peer(label: str, workload: str, name: str, goal: float) -> sections.Target:
+        value = ratio(workload, name, rps)
+        shown = "gunicorn sync" if name == "gunicorn" else "nginx + gunicorn"
+        return _row(f"{label} ÷ {shown}", value, f"≥ {goal:.2f} x", lambda v: v >= goal)
 
-    hello = found.get((ME, "hello"))
+    def front_us(label: str, workload: str, goal: float) -> sections.Target:
+        mine = found.get((ME, workload))
+        return _row(
+            f"front CPU per request, {label}",
+            mine.front_us if mine else None,
+            f"≤ {goal:.0f} µs",
+            lambda v: v <= goal,
+            "{:.0f} µs",
+        )
+
     rows = [
-        gunicorn("hello, 16 conns", "hello", 1.2),
+        peer("hello, 16 conns", "hello", "gunicorn", 1.2),
         _row(
             "hello, 1 conn p50 ÷ gunicorn sync's",
             ratio(LATENCY, "gunicorn", p50),
             "≤ 1.00 x",
             lambda v: v <= 1.0,
         ),
-        gunicorn("cpu", "cpu", 0.95),
-        gunicorn("stream 10 MiB", "stream", 0.8),
-        gunicorn("upload 10 MiB", "upload", 2.5),
+        peer("cpu", "cpu", "gunicorn", 0.95),
+        peer("stream 10 MiB", "stream", PROXIED, 1.0),
+        peer("stream 10 MiB", "stream", "gunicorn", 0.8),
+        peer("upload 10 MiB", "upload", "gunicorn", 1.5),
+        peer("django", "django", PROXIED, 1.0),
+        peer("django", "django", "gunicorn", 0.95),
+        _row("django ÷ a2wsgi", ratio("django", "a2wsgi", rps), "> 1.00 x", _above(1)),
+        peer("flask", "flask", "gunicorn", 0.9),
+        _row("flask ÷ a2wsgi", ratio("flask", "a2wsgi", rps), "> 1.00 x", _above(1)),
+        front_us("hello 16 conns", "hello", 40),
+        front_us("django", "django", 100),
     ]
-    for site in ("django", "flask"):
-        rows.append(gunicorn(site, site, 0.95))
-        rows.append(_row(f"{site} ÷ a2wsgi", ratio(site, "a2wsgi", rps), "> 1.00 x", _above(1)))
-    rows.append(
-        _row(
-            "front CPU per request, hello 16 conns",
-            hello.front_us if hello else None,
-            "≤ 100 µs",
-            lambda v: v <= 100,
-            "{:.0f} µs",
-        )
-    )
     return [
         *rows,
         *sections.memory_targets(),
@@ -125,7 +132,7 @@ def front_table(cells: Sequence[Any], workers: int) -> list[str]:
     """Front CPU per request and what one core of front can serve, per workload."""
     found = _index(cells)
     names = [n for n in ORDER if any(c.contender == n for c in found.values())]
-    head = [f"{n} ‡" if n == "gunicorn" else n for n in names]
+    head = [f"{n} ‡" if n == "gunicorn" else f"{n} §" if n == PROXIED else n for n in names]
     lines = [
         "| workload | " + " | ".join(head) + " | wsgipool workers fed |",
         "|---|" + "--:|" * (len(names) + 1),
@@ -150,7 +157,8 @@ def front_table(cells: Sequence[Any], workers: int) -> list[str]:
         "core of it would serve (10⁶ ÷ µs per request). For the in-process adapters and bare "
         "uvicorn the front is the whole server. ‡ gunicorn's arbiter serves no request: its "
         f"column is the whole CPU of its {workers} sync workers per request (accept, parse, app, "
-        "write), for comparison. *wsgipool workers fed*: how many workers one front core keeps "
+        "write), for comparison. § nginx's master and workers (the front of that setup). "
+        "*wsgipool workers fed*: how many workers one front core keeps "
         "busy on that workload (a worker's CPU per request ÷ the front's).",
     ]
 

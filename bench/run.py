@@ -21,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -29,7 +31,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import sitedata
+from bench import nginx, sitedata
 from bench.procs import (
     RESULTS,
     ROOT,
@@ -83,7 +85,7 @@ WORKLOADS = (
 @dataclass(frozen=True)
 class Contender:
     name: str
-    kind: str  # "uvicorn" (with factory) or "gunicorn"
+    kind: str  # "uvicorn" (with factory), "gunicorn" or "nginx" (in front of gunicorn)
     target: str  # the uvicorn factory; gunicorn serves the workload's app itself
     note: str
     hello_only: bool = False
@@ -116,6 +118,13 @@ CONTENDERS = (
         "gunicorn",
         APP,
         "gunicorn sync workers (no keep-alive), WORKERS workers",
+    ),
+    Contender(
+        "nginx-gunicorn",
+        "nginx",
+        APP,
+        "nginx (worker_processes auto, default proxy buffering) proxy_pass to gunicorn sync "
+        "workers on a unix socket, WORKERS workers: the setup `wsgipool serve` replaces",
     ),
     Contender(
         "wsgipool",
@@ -153,23 +162,19 @@ class Cell:
 # -- wrk ---------------------------------------------------------------------------------
 
 
+def wrk_command(url: str, connections: int, seconds: float) -> list[str]:
+    """wrk with one thread and ``bench/wrk.lua``, whose ``done()`` prints a BENCH line."""
+    return [
+        "wrk", "-t1", "-c", str(connections), "-d", f"{max(seconds, 1):g}s",
+        "--timeout", "30s", "-s", str(LUA), url,
+    ]  # fmt: skip
+
+
 def wrk(url: str, workload: Workload, seconds: float) -> dict[str, Any]:
     env = dict(os.environ)
     if workload.upload:
         env["WRK_UPLOAD_BYTES"] = str(workload.upload)
-    command = [
-        "wrk",
-        "-t1",
-        "-c",
-        str(workload.connections),
-        "-d",
-        f"{max(seconds, 1):g}s",
-        "--timeout",
-        "30s",
-        "-s",
-        str(LUA),
-        url + workload.path,
-    ]
+    command = wrk_command(url + workload.path, workload.connections, seconds)
     done = subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=seconds + 90, check=False
     )
@@ -191,14 +196,21 @@ def server_command(contender: Contender, port: int, workers: int, app: str) -> l
 
 
 def measure(
-    pid: int, url: str, contender: Contender, workload: Workload, warmup: float, seconds: float
+    server: tuple[int, int | None],
+    url: str,
+    contender: Contender,
+    workload: Workload,
+    warmup: float,
+    seconds: float,
 ) -> Cell:
+    """One cell; ``server`` is the front's pid and the backend's (gunicorn behind nginx)."""
+    pid, backend = server
     cell = Cell(contender.name, workload.name, app=workload.app)
     if warmup:
         wrk(url, workload, warmup)
-    cpu_before = cpu_snapshot(pid)
+    cpu_before = cpu_snapshot(pid, backend)
     raw = wrk(url, workload, seconds)
-    cpu_after = cpu_snapshot(pid)
+    cpu_after = cpu_snapshot(pid, backend)
     cell.raw = raw
     cell.seconds = raw["duration_us"] / 1e6
     cell.requests = raw["requests"] - raw["status"]  # answered with 2xx (or 3xx)
@@ -220,7 +232,8 @@ def measure(
         front = front + workers
     cell.front_us, cell.workers_us = front / answered * 1e6, workers / answered * 1e6
     cell.front_hwm_mib = proc_status(pid, "VmHWM")
-    cell.worker_hwm_mib = max([proc_status(kid, "VmHWM") for kid in children(pid)], default=0.0)
+    kids = children(pid if backend is None else backend)
+    cell.worker_hwm_mib = max([proc_status(kid, "VmHWM") for kid in kids], default=0.0)
     return cell
 
 
@@ -245,14 +258,13 @@ def run_app(
 ) -> list[Cell]:
     cells: list[Cell] = []
     port = free_port()
-    command = server_command(contender, port, args.workers, app)
     env = {"BENCH_WORKERS": str(args.workers), "BENCH_APP": app}
     try:
-        with serving(command, port, log, env) as (pid, url):
+        with start(contender, app, port, args.workers, log, env) as (server, url):
             for workload in workloads:
-                print(f"  {contender.name:13} {workload.name:12}", end=" ", flush=True)
+                print(f"  {contender.name:14} {workload.name:12}", end=" ", flush=True)
                 try:
-                    cell = measure(pid, url, contender, workload, args.warmup, args.duration)
+                    cell = measure(server, url, contender, workload, args.warmup, args.duration)
                 except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError) as exc:
                     cell = Cell(contender.name, workload.name, app=app, failed=str(exc)[:300])
                 cells.append(cell)
@@ -267,6 +279,20 @@ def run_app(
     if any(c.failed for c in cells):
         print(log_tail(log), file=sys.stderr)
     return cells
+
+
+@contextmanager
+def start(
+    contender: Contender, app: str, port: int, workers: int, log: Path, env: dict[str, str]
+) -> Iterator[tuple[tuple[int, int | None], str]]:
+    """The contender's server(s): ((front pid, backend pid or None), base URL)."""
+    if contender.kind == "nginx":
+        with nginx.serving_pair(app, port, workers, log, env) as (pid, backend, url):
+            yield (pid, backend), url
+        return
+    command = server_command(contender, port, workers, app)
+    with serving(command, port, log, env) as (pid, url):
+        yield (pid, None), url
 
 
 def keep(best: dict[tuple[str, str], Cell], cell: Cell) -> None:
@@ -333,6 +359,11 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk is not installed: apt-get update && apt-get install -y wrk", file=sys.stderr)
         return 2
     chosen = [c for c in CONTENDERS if not args.only or c.name in args.only.split(",")]
+    skipped = {}
+    if nginx.installed() is None and any(c.kind == "nginx" for c in chosen):
+        skipped = {c.name: "skipped: nginx is not installed" for c in chosen if c.kind == "nginx"}
+        print("nginx is not installed: nginx-gunicorn is skipped", file=sys.stderr)
+        chosen = [c for c in chosen if c.kind != "nginx"]
     from bench import report  # after the wrk check: report imports nothing heavy anyway
 
     best: dict[tuple[str, str], Cell] = {}
@@ -348,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                     keep(best, cell)
     cells = list(best.values())
     meta = environment(args, chosen, time.monotonic() - began)
+    meta["contenders"].update(skipped)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.json").write_text(
         json.dumps({"meta": meta, "cells": [dataclasses.asdict(c) for c in cells]}, indent=1) + "\n"
@@ -398,6 +430,9 @@ def environment(
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "-"
+    if binary := nginx.installed():
+        done = subprocess.run([binary, "-v"], capture_output=True, text=True, check=False)
+        versions["nginx"] = done.stderr.strip().rpartition("/")[2] or "?"
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
     return {
         "date": time.strftime("%Y-%m-%d %H:%M"),

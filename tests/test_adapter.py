@@ -7,6 +7,7 @@ same apps are run through asgiref 3.13's in-process adapter and compared.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from typing import Any
 
@@ -300,3 +301,41 @@ async def test_client_leaving_before_the_first_frame_is_noticed(
     with anyio.fail_after(20):
         await app(scope, receive, send)
     assert app.stats().restarts == {"stuck after disconnect": 1}
+
+
+async def test_queued_requests_each_get_their_own_answer(make_app: Any) -> None:
+    """One worker and a dozen requests at once: each queued request's frames go into the
+    worker's pipe as the worker is handed over, and every answer is still its own
+    request's, also around requests whose clients leave while they wait."""
+    app = make_app(apps.environ_json, workers=1)
+    answers: dict[int, str] = {}
+
+    async def request(n: int) -> None:
+        messages = await call_asgi(app, http_scope(f"/r{n}"))
+        answers[n] = json.loads(b"".join(m.get("body", b"") for m in messages[1:]))["PATH_INFO"]
+
+    async def leaving(n: int) -> None:
+        # Every other one with a body the front spools (more than goes with the request).
+        body = b"x" * (100_000 if n % 8 == 7 else 0)
+        headers = [(b"host", b"testserver"), (b"content-length", str(len(body)).encode())]
+        scope = http_scope(f"/gone{n}", "POST", headers=headers)
+        queue: list[dict[str, Any]] = [{"type": "http.request", "body": body}]
+
+        async def receive() -> dict[str, Any]:
+            if queue:
+                return queue.pop(0)
+            for _ in range(n):  # leave after a while: some once a worker is theirs
+                await anyio.sleep(0)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            pass
+
+        await app(scope, receive, send)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            for n in range(24):
+                tg.start_soon(leaving if n % 4 == 3 else request, n)
+    assert answers == {n: f"/r{n}" for n in range(24) if n % 4 != 3}
+    assert not app.stats().restarts  # no worker was killed for a client that left

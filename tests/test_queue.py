@@ -8,6 +8,7 @@ pool's use of it (real processes) is tested through a server in test_supervision
 
 from __future__ import annotations
 
+import select
 import time
 from typing import Any
 
@@ -31,13 +32,28 @@ class Pool:
     def checkout(self, worker: Any) -> None:
         self.checked_out.append(worker)
 
-    def unused(self, worker: Any) -> None:
-        self.given_back.append(worker)
+    def unused(self, worker: Any, sent: bool = False) -> None:
+        self.given_back.append((worker, "with the request") if sent else worker)
         if not self.queue.hand(worker, self.checkout):
             self.idle.append(worker)
 
-    async def wait(self, delay: float | None = None, watch: Any = None) -> Waiter:
-        return await self.queue.wait(delay, watch, self.unused)
+    async def wait(
+        self, delay: float | None = None, watch: Any = None, payload: Any = ()
+    ) -> Waiter:
+        return await self.queue.wait(delay, watch, self.unused, None, payload)
+
+
+class Worker:
+    """A worker's pipe as ``hand`` sees it: ``try_write`` of whole frames, or refused."""
+
+    def __init__(self, accepts: bool = True) -> None:
+        self.accepts = accepts
+        self.written: list[bytes] = []
+
+    def try_write(self, *pieces: bytes) -> bool:
+        if self.accepts:
+            self.written.append(b"".join(pieces))
+        return self.accepts
 
 
 async def queued(queue: WaitQueue, count: int) -> None:
@@ -324,3 +340,58 @@ async def test_worker_handed_as_the_client_leaves_stays_with_the_waiter(order: s
     assert waiter.worker == "w"
     assert pool.given_back == []  # wait() returned: the caller decides, by ``left``
     assert len(queue) == 0
+
+
+async def test_a_queued_request_reaches_its_worker_with_the_hand_over() -> None:
+    """The request's first frames are in the worker's pipe when ``hand`` returns (before
+    the request's task runs again), if they fit one atomic pipe write and the pipe takes
+    them; else the request writes them itself."""
+    queue = WaitQueue()
+    pool = Pool(queue)
+    got: dict[str, Waiter] = {}
+    small = [b"REQUEST", b"EOF"]
+    large = [b"R" * select.PIPE_BUF, b"EOF"]
+
+    async def request(name: str, payload: Any) -> None:
+        got[name] = await pool.wait(payload=payload)
+
+    workers = {"small": Worker(), "large": Worker(), "gone": Worker(accepts=False)}
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for n, (name, payload) in enumerate(
+                [("small", small), ("large", large), ("gone", small)]
+            ):
+                tg.start_soon(request, name, payload)
+                await queued(queue, n + 1)
+            assert queue.hand(workers["small"], pool.checkout)
+            assert workers["small"].written == [b"REQUESTEOF"]  # already, synchronously
+            assert queue.hand(workers["large"], pool.checkout)
+            assert queue.hand(workers["gone"], pool.checkout)
+    assert {name: w.sent for name, w in got.items()} == {
+        "small": True,
+        "large": False,
+        "gone": False,
+    }
+    assert workers["large"].written == []
+
+
+async def test_a_worker_that_has_a_cancelled_requests_frames_is_not_reused() -> None:
+    """Handed over with the request's frames and then cancelled: the pool is told, so it
+    replaces the worker instead of giving the next request a pipe with an answer coming."""
+    queue = WaitQueue()
+    pool = Pool(queue)
+    worker = Worker()
+    scope = anyio.CancelScope()
+
+    async def request() -> None:
+        with scope:
+            await pool.wait(payload=[b"REQUEST"])
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(request)
+            await queued(queue, 1)
+            queue.hand(worker, pool.checkout)
+            scope.cancel()
+    assert worker.written == [b"REQUEST"]
+    assert pool.given_back == [(worker, "with the request")]

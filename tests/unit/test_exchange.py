@@ -51,6 +51,7 @@ class FakeLease:
         self.sent: list[bytes] = []
         self.endings: list[tuple[Any, ...]] = []
         self.ended = False
+        self.request_sent = False  # the pool never writes ahead here
         self.worker = types.SimpleNamespace(id=1, pid=4_000_001, exit_status=lambda: "running")
 
     def send(self, *pieces: bytes | bytearray | memoryview) -> Coroutine[Any, Any, None]:
@@ -97,7 +98,7 @@ class FakePool:
         self.leases = deque(leases)
         self.acquired = 0
 
-    async def acquire(self, watch: Any) -> FakeLease:
+    async def acquire(self, watch: Any, payload: Any = ()) -> FakeLease:
         await anyio.sleep(0)
         self.acquired += 1
         lease = self.leases.popleft()

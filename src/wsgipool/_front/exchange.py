@@ -202,7 +202,7 @@ class Exchange:
         if spool is None and not more:
             payload.append(proto.EOF_FRAME)
         try:
-            lease = await self._dispatch(payload, watch=not more)
+            lease = await self._dispatch(payload, watch=not more, whole=spool is None and not more)
             if lease is not None:
                 await Relay(self, lease).run(more, len(body), spool)
         finally:
@@ -231,14 +231,22 @@ class Exchange:
         spool.close()  # it may have had to use a file (the memory budget was full)
         return body, None
 
-    async def _dispatch(self, payload: list[bytes | memoryview], watch: bool) -> Lease | None:
+    async def _dispatch(
+        self, payload: list[bytes | memoryview], watch: bool, whole: bool
+    ) -> Lease | None:
         """Hand the request to a worker; one that was gone before it read a byte of it is
-        replaced, as often as the pool may have workers."""
+        replaced, as often as the pool may have workers. A ``whole`` request (the payload
+        ends with EOF) may go to its worker with the hand-over, and is then answered even
+        if its client leaves meanwhile; one with more body to feed never goes ahead, so a
+        client that left never has the app told to stop before its body is in."""
+        ahead = payload if whole else []
         for _ in range(self.pool.limit + 1):
-            lease = await self._acquire(self._client_gone if watch else None)
+            lease = await self._acquire(self._client_gone if watch else None, ahead)
             if lease is None:
                 return None
             lease.describe(self)
+            if lease.request_sent:
+                return lease
             try:
                 await lease.send(*payload)
                 return lease
@@ -259,9 +267,11 @@ class Exchange:
             pass
         self.disconnected = True
 
-    async def _acquire(self, watch: Watch | None) -> Lease | None:
+    async def _acquire(
+        self, watch: Watch | None, payload: list[bytes | memoryview]
+    ) -> Lease | None:
         try:
-            return await self.pool.acquire(watch)
+            return await self.pool.acquire(watch, payload)
         except (OverloadedError, PoolClosedError) as exc:
             log.warning("503 for %s: %s", self.request_line, exc)
             await self.respond(503, "Service Unavailable", (b"retry-after", b"1"))

@@ -62,7 +62,8 @@ class Lease:
     """One request's hold on one worker."""
 
     __slots__ = ("_owner", "_paused_left", "about", "client_gone", "deadline", "ended",
-                 "grace", "slow_at", "started", "timed_out", "timeout", "worker")  # fmt: skip
+                 "grace", "request_sent", "slow_at", "started", "timed_out", "timeout",
+                 "worker")  # fmt: skip
 
     def __init__(
         self,
@@ -86,6 +87,7 @@ class Lease:
         self.timed_out = False  # the deadline passed: the worker is killed, never reused
         self.client_gone = False
         self.ended = False
+        self.request_sent = False  # the pool wrote the request's first frames with the hand-over
 
     def __repr__(self) -> str:
         return f"<lease of {self.worker!r}>"

@@ -39,7 +39,7 @@ from .hooks import FrontHooks
 from .launch import MAX_BACKOFF, Launcher
 from .lease import Lease
 from .process import KILL_GRACE, WorkerProcess
-from .queue import WaitQueue, Watch
+from .queue import Payload, WaitQueue, Watch
 from .registry import Registry
 from .slot import LIVE, Slot, State
 from .stats import PoolStats, WorkerInfo, rss_of
@@ -211,11 +211,13 @@ class Pool:
 
     # -- dispatch -------------------------------------------------------------------
 
-    async def acquire(self, watch: Watch | None = None) -> Lease | None:
+    async def acquire(self, watch: Watch | None = None, payload: Payload = ()) -> Lease | None:
         """A lease on a worker for one request: idle now, started for us, or after queueing.
 
         While queued the caller's ``watch`` runs; if it returns (the client left), the
-        request leaves the queue and the result is None.
+        request leaves the queue and the result is None. A queued request's ``payload``
+        (its first frames) may go to the worker as it is handed over: ``Lease.request_sent`` says
+        so, and then the lease comes back even if the client left meanwhile.
         """
         tries, since = 0, 0.0  # since: when the request first queued
         while True:
@@ -242,9 +244,11 @@ class Pool:
                 self._checkout(worker)
                 return self._lease(worker)
             since = since or time.monotonic()
-            handed, left = await self._queue(watch, since)
+            handed, left, sent = await self._queue(watch, since, payload)
             if handed is not None:
-                return self._lease(handed)
+                lease = self._lease(handed)
+                lease.request_sent = sent
+                return lease
             if left:
                 return None
 
@@ -278,27 +282,36 @@ class Pool:
             # Its replacement may start now, while this last request runs.
             self._set_state(worker, State.RETIRING, "max_requests" if last else "max_lifetime")
 
-    async def _queue(self, watch: Watch | None, since: float) -> tuple[WorkerProcess | None, bool]:
-        """Wait for a worker: (worker or None to retry, whether the request left)."""
+    async def _queue(
+        self, watch: Watch | None, since: float, payload: Payload
+    ) -> tuple[WorkerProcess | None, bool, bool]:
+        """Wait for a worker: (worker or None to retry, whether the request left, whether
+        its payload went to the worker)."""
         if len(self.waiters) >= self.config.backlog:
             raise OverloadedError(f"{len(self.waiters)} requests already waiting")
         delay = self.config.queue_timeout
         owed = self.size < self.target
         if owed:  # capacity is owed but backing off: retry when the back-off ends
             delay = min(delay or MAX_BACKOFF, max(self.launcher.backing_off(), 0.01))
-        waiter = await self.waiters.wait(delay, watch, self._unused, since)
-        if waiter.left:
+        waiter = await self.waiters.wait(delay, watch, self._unused, since, payload)
+        if waiter.left and not waiter.sent:
             if waiter.worker is not None:
-                self._unused(waiter.worker)
-            return None, True
+                self._unused(waiter.worker, False)
+            return None, True, False
         if waiter.error is not None:
             raise waiter.error
         if not waiter.woken and not owed:
             raise OverloadedError("no worker became free within queue_timeout")
-        return waiter.worker, False
+        return waiter.worker, False, waiter.sent
 
-    def _unused(self, worker: WorkerProcess) -> None:
-        self._free(worker, served=False)
+    def _unused(self, worker: WorkerProcess, sent: bool) -> None:
+        """A worker handed to a request that was cancelled before its lease began; one that
+        has the request's frames already would answer it into the next request's lease: it
+        is replaced."""
+        if sent:
+            self._set_state(worker, State.EXITING, "request cancelled")
+        else:
+            self._free(worker, served=False)
 
     def _offer(self, worker: WorkerProcess) -> None:
         """Give a free worker to the longest-waiting request, or park it as idle."""

@@ -252,13 +252,14 @@ class WorkerProcess:
             if scope.cancelled_caught:
                 raise WorkerGoneError(f"worker {self.id} stopped reading its pipe")
 
-    def try_write(self, frame: bytes) -> bool:
-        """Write one small frame whole, now, or not at all: a pipe write of at most
+    def try_write(self, *pieces: bytes | bytearray | memoryview) -> bool:
+        """Write small frames whole, now, or not at all: a pipe write of at most
         ``PIPE_BUF`` bytes is atomic, so it is never cut in half."""
-        if len(frame) > select.PIPE_BUF:
-            raise ValueError(f"{len(frame)} bytes is too much for an atomic write")
+        size = sum(map(len, pieces))
+        if size > select.PIPE_BUF:
+            raise ValueError(f"{size} bytes is too much for an atomic write")
         try:
-            return self._write_some((frame,), WorkerGoneError) is not None
+            return self._write_some(pieces, WorkerGoneError) is not None
         except WorkerGoneError:
             return False  # the reads will say the worker is gone
 

@@ -19,9 +19,10 @@ decides policy (backlog, timeouts, what an empty wake means); this only queues.
 
 from __future__ import annotations
 
+import select
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import anyio
@@ -38,15 +39,20 @@ STARVING = 10.0
 
 #: What a queued request runs while it waits; when it returns, the request leaves the queue.
 Watch = Callable[[], Awaitable[None]]
+#: A queued request's first frames, written into the worker's pipe as it is handed over
+#: when they fit one atomic pipe write (the common GET); empty: the request writes them.
+Payload = Sequence[bytes | bytearray | memoryview]
 
 
 class Waiter:
     """One queued request and how its wait ended."""
 
-    __slots__ = ("_wake", "error", "left", "since", "woken", "worker")
+    __slots__ = ("_wake", "error", "left", "payload", "sent", "since", "woken", "worker")
 
-    def __init__(self, since: float | None = None) -> None:
+    def __init__(self, since: float | None = None, payload: Payload = ()) -> None:
         self._wake: Wake | None = None
+        self.payload = payload  # the request's first frames, if small enough to go ahead
+        self.sent = False  # ... and they went to the worker with the hand-over
         self.since = time.monotonic() if since is None else since
         self.worker: WorkerProcess | None = None  # handed over (None: woken to retry)
         self.error: Exception | None = None  # start-up failed and no worker is left
@@ -75,22 +81,25 @@ class WaitQueue:
         self,
         delay: float | None,
         watch: Watch | None,
-        unused: Callable[[WorkerProcess], None],
+        unused: Callable[[WorkerProcess, bool], None],
         since: float | None = None,
+        payload: Payload = (),
     ) -> Waiter:
         """Queue and wait; the returned waiter says how the wait ended.
 
-        ``unused`` takes back a worker handed over just as the waiting task was cancelled;
-        ``since`` is when the request first queued, if it is queueing again.
+        ``unused`` takes back a worker handed over just as the waiting task was cancelled
+        (and whether the request's frames went to it); ``since`` is when the request first
+        queued, if it is queueing again; ``payload``: see :data:`Payload`.
         """
-        waiter = Waiter(since)
+        small = sum(map(len, payload)) <= select.PIPE_BUF
+        waiter = Waiter(since, payload if small else ())
         self._waiters.append(waiter)
         try:
             waiter.left = await wait_until_woken(watch or anyio.sleep_forever, delay,
                                                  waiter._set_wake)  # fmt: skip
         except BaseException:
             if waiter.worker is not None:
-                unused(waiter.worker)
+                unused(waiter.worker, waiter.sent)
             raise
         finally:
             if waiter in self._waiters:
@@ -110,6 +119,10 @@ class WaitQueue:
         waiter = self._next()
         waiter.worker = worker
         checkout(worker)
+        # The worker starts on the request now, not once the request's task has run: on a
+        # busy front that is several loop turns (and other requests' sends) later.
+        if waiter.payload:
+            waiter.sent = worker.try_write(*waiter.payload)
         waiter.wake()
         return True
 

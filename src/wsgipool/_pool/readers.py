@@ -10,9 +10,10 @@ deadline again); the end of the pipe is :class:`WorkerGoneError`.
 on every backend. On asyncio that registers the descriptor with the loop and removes it
 again on every call, which costs more than the rest of a small request, so
 :class:`AsyncioPipeReader` keeps the pipe registered and reads in the loop's callback,
-as asyncio's own pipe transports do, and times out with a loop timer instead of a cancel
-scope. Reading pauses as soon as decoded frames wait for a consumer, so a slow consumer
-still holds back the worker. :func:`open_reader` picks one per worker, once.
+as asyncio's own pipe transports do, and times out with an alarm
+(:mod:`wsgipool._pool.alarms`, cheap to cancel) instead of a cancel scope. Reading pauses
+as soon as decoded frames wait for a consumer, so a slow consumer still holds back the
+worker. :func:`open_reader` picks one per worker, once.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import contextlib
 import math
 import sys
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import anyio
 
 from .._errors import WorkerError, WorkerGoneError
 from .._wire.frames import Frame, FrameReader
+from .alarms import alarms_of
 
 #: The front reads up to this much of a worker's pipe at once (its whole pipe buffer).
 READ_SIZE = 1024 * 1024
@@ -141,7 +144,7 @@ class AsyncioPipeReader(PipeReader):
             self._waiter = waiter = loop.create_future()
             timer = None
             if timeout is not None and not math.isinf(timeout):
-                timer = loop.call_later(timeout, _expire, waiter)
+                timer = alarms_of(loop).later(timeout, partial(_expire, waiter))
             try:
                 await waiter
             finally:
@@ -157,6 +160,12 @@ class AsyncioPipeReader(PipeReader):
             _expire(self._waiter)
 
     def _on_readable(self) -> None:
+        if self._waiter is None and (self._frames or self._error is not None):
+            # Nobody took the last read yet: leave the rest in the pipe. Pausing only now,
+            # not right after that read, spares a response that came before its reader
+            # (the pool hands a queued request to its worker itself) a remove and an add.
+            self._pause()
+            return
         try:
             self._receive()
         except BlockingIOError:
@@ -164,8 +173,8 @@ class AsyncioPipeReader(PipeReader):
         if self._waiter is not None and (self._frames or self._error):
             if not self._waiter.done():
                 self._waiter.set_result(None)
-        elif self._frames or self._error:
-            self._pause()  # nobody is reading: leave the rest in the pipe
+        elif self._error is not None:
+            self._pause()  # the end of the pipe stays readable: nothing more to read
 
     def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self.close()
@@ -237,7 +246,7 @@ async def wait_until_woken(
             state = _WAKING
             loop.call_soon(expire)  # a cancellation asked for meanwhile comes first
 
-    timer = None if delay is None or math.isinf(delay) else loop.call_later(delay, expire)
+    timer = None if delay is None or math.isinf(delay) else alarms_of(loop).later(delay, expire)
     try:
         woken(wake)
         await body()
