@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from apps import open_files_in
-from wsgipool._front.spool import MEMORY_PER_SPOOL, MemoryBudget, Spool, SpoolError
+from wsgipool._front.budget import BufferBudget
+from wsgipool._front.spool import MEMORY_PER_SPOOL, Spool, SpoolError
 
 
 def drain(spool: Spool) -> list[bytes]:
@@ -22,7 +23,7 @@ def open_files(directory: Path) -> int:
 
 
 def test_small_chunks_stay_in_memory(tmp_path: Path) -> None:
-    budget = MemoryBudget(1 << 20)
+    budget = BufferBudget(1 << 20)
     spool = Spool(budget, str(tmp_path))
     for chunk in (b"a", b"", b"bc"):
         spool.put(chunk)
@@ -33,7 +34,7 @@ def test_small_chunks_stay_in_memory(tmp_path: Path) -> None:
 
 
 def test_past_its_memory_share_a_spool_writes_to_a_file(tmp_path: Path) -> None:
-    budget = MemoryBudget(64 << 20)
+    budget = BufferBudget(64 << 20)
     spool = Spool(budget, str(tmp_path))
     chunks = [bytes([n]) * 300_000 for n in range(8)]  # 2.4 MB: past MEMORY_PER_SPOOL
     for chunk in chunks:
@@ -49,7 +50,7 @@ def test_past_its_memory_share_a_spool_writes_to_a_file(tmp_path: Path) -> None:
 
 
 def test_with_the_budget_spent_chunks_go_to_the_file(tmp_path: Path) -> None:
-    budget = MemoryBudget(0)
+    budget = BufferBudget(0)
     spool = Spool(budget, str(tmp_path))
     spool.put(b"x" * 10)
     assert spool.on_disk
@@ -60,7 +61,7 @@ def test_with_the_budget_spent_chunks_go_to_the_file(tmp_path: Path) -> None:
 
 
 def test_spilled_chunks_are_read_from_the_spill_file_in_order(tmp_path: Path) -> None:
-    budget = MemoryBudget(0)
+    budget = BufferBudget(0)
     spool = Spool(budget, str(tmp_path))
     spool.put(b"own-1")
     fd = spool.spill_file()
@@ -79,7 +80,7 @@ def test_spilled_chunks_are_read_from_the_spill_file_in_order(tmp_path: Path) ->
 
 
 def test_close_forgets_what_is_held_and_frees_both_files(tmp_path: Path) -> None:
-    budget = MemoryBudget(1 << 20)
+    budget = BufferBudget(1 << 20)
     spool = Spool(budget, str(tmp_path))
     spool.put(b"m" * 1000)
     spool.put(b"d" * MEMORY_PER_SPOOL)  # past the spool's share: to the file
@@ -95,7 +96,7 @@ def test_close_forgets_what_is_held_and_frees_both_files(tmp_path: Path) -> None
 
 def test_a_spill_file_that_ends_early_is_a_spool_error(tmp_path: Path) -> None:
 
-    spool = Spool(MemoryBudget(0), str(tmp_path))
+    spool = Spool(BufferBudget(0), str(tmp_path))
     spool.spill_file()
     spool.adopt(10)  # a worker said 10 bytes, wrote none
     with pytest.raises(SpoolError, match="ended early"):
@@ -104,7 +105,7 @@ def test_a_spill_file_that_ends_early_is_a_spool_error(tmp_path: Path) -> None:
 
 
 def test_hand_over_names_the_file_part_of_a_request_body(tmp_path: Path) -> None:
-    budget = MemoryBudget(4)
+    budget = BufferBudget(4)
     spool = Spool(budget, str(tmp_path))
     spool.put(b"abc")
     spool.put(b"defgh")  # over the budget: the file
@@ -120,7 +121,7 @@ def test_hand_over_names_the_file_part_of_a_request_body(tmp_path: Path) -> None
 def test_a_body_spool_joins_small_chunks_in_memory_and_on_disk(tmp_path: Path) -> None:
     # A request body may come as millions of 1-byte messages: a spool that keeps no
     # boundaries holds them as a few large pieces, not one object (or file region) each.
-    budget = MemoryBudget(64 << 20)
+    budget = BufferBudget(64 << 20)
     spool = Spool(budget, str(tmp_path), merge=True)
     data = bytes(range(256)) * 12_000  # 3 MB, past MEMORY_PER_SPOOL
     for start in range(0, len(data), 100):
@@ -134,7 +135,7 @@ def test_a_body_spool_joins_small_chunks_in_memory_and_on_disk(tmp_path: Path) -
 
 
 def test_a_merged_body_is_handed_over_whole(tmp_path: Path) -> None:
-    budget = MemoryBudget(64 << 20)
+    budget = BufferBudget(64 << 20)
     spool = Spool(budget, str(tmp_path), merge=True)
     data = os.urandom(MEMORY_PER_SPOOL + 5000)
     for start in range(0, len(data), 1000):
@@ -147,7 +148,7 @@ def test_a_merged_body_is_handed_over_whole(tmp_path: Path) -> None:
 
 
 def test_get_with_a_limit_splits_a_chunk_and_keeps_the_rest_first(tmp_path: Path) -> None:
-    budget = MemoryBudget(1 << 20)
+    budget = BufferBudget(1 << 20)
     spool = Spool(budget, str(tmp_path))
     spool.put(b"abcdefgh")
     spool.put(b"ij")
@@ -159,7 +160,7 @@ def test_get_with_a_limit_splits_a_chunk_and_keeps_the_rest_first(tmp_path: Path
 
 
 def test_spilled_chunks_merge_and_are_read_in_pieces(tmp_path: Path) -> None:
-    budget = MemoryBudget(0)
+    budget = BufferBudget(0)
     spool = Spool(budget, str(tmp_path))
     fd = spool.spill_file()
     data = os.urandom(300_000)

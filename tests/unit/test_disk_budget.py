@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from wsgipool._config import Config
+from wsgipool._front.budget import BufferBudget, disk_budget
 from wsgipool._front.guard import Refusals
 from wsgipool._front.response import Response
-from wsgipool._front.spool import DiskBudgetSpent, MemoryBudget, Spool, disk_budget
+from wsgipool._front.spool import DiskBudgetSpent, Spool
 from wsgipool._serve.edge import Sheddable
 from wsgipool._wire import frames as proto
 
@@ -25,7 +26,7 @@ CHUNK = b"x" * (256 * 1024)
 @dataclass
 class Client:
     config: Config
-    budget: MemoryBudget
+    budget: BufferBudget
     refusals: Refusals = field(default_factory=Refusals)
     client: object = None
     disconnected: bool = False
@@ -35,7 +36,7 @@ class Client:
     shares_files: bool = True
 
 
-def streamed(budget: MemoryBudget, tmp_path: Path, age: float = 0.0) -> Response:
+def streamed(budget: BufferBudget, tmp_path: Path, age: float = 0.0) -> Response:
     """A response on its streamed path, begun ``age`` seconds ago."""
     config = Config.from_options({"workers": 1, "buffer_dir": str(tmp_path)})
     response = Response(Client(config, budget))
@@ -51,7 +52,7 @@ def fill(response: Response, size: int) -> None:
 
 
 def test_the_reader_furthest_behind_pays_not_the_one_asking(tmp_path: Path) -> None:
-    budget = MemoryBudget(0, disk_limit=4 * MIB)  # no memory: every byte on disk
+    budget = BufferBudget(0, disk_limit=4 * MIB)  # no memory: every byte on disk
     stalled = streamed(budget, tmp_path, age=10)  # holds 3 MiB, has read nothing in 10 s
     fill(stalled, 3 * MIB)
     fresh = streamed(budget, tmp_path)
@@ -70,7 +71,7 @@ def test_the_reader_furthest_behind_pays_not_the_one_asking(tmp_path: Path) -> N
 
 
 def test_a_client_that_keeps_up_is_not_cut_the_asker_pays(tmp_path: Path) -> None:
-    budget = MemoryBudget(0, disk_limit=4 * MIB)
+    budget = BufferBudget(0, disk_limit=4 * MIB)
     keeping_up = streamed(budget, tmp_path, age=1)
     fill(keeping_up, 3 * MIB)
     while keeping_up.spool is not None and keeping_up.spool.size > MIB:
@@ -84,7 +85,7 @@ def test_a_client_that_keeps_up_is_not_cut_the_asker_pays(tmp_path: Path) -> Non
 
 
 def test_a_request_body_is_refused_when_no_response_can_pay(tmp_path: Path) -> None:
-    budget = MemoryBudget(0, disk_limit=MIB)
+    budget = BufferBudget(0, disk_limit=MIB)
     body = Spool(budget, str(tmp_path), merge=True)
     body.put(b"a" * MIB)
     with pytest.raises(DiskBudgetSpent):
@@ -94,7 +95,7 @@ def test_a_request_body_is_refused_when_no_response_can_pay(tmp_path: Path) -> N
 
 
 def test_a_worker_is_granted_a_share_of_the_room_left(tmp_path: Path) -> None:
-    budget = MemoryBudget(0, disk_limit=64 * MIB)
+    budget = BufferBudget(0, disk_limit=64 * MIB)
     spool = Spool(budget, str(tmp_path))
     assert spool.reserve(1024 * MIB) == 16 * MIB  # a quarter of what is left
     assert budget.disk_room() == 48 * MIB

@@ -22,9 +22,9 @@ from wsgipool._errors import (
     WorkerGoneError,
     WorkerStartError,
 )
+from wsgipool._front.budget import BufferBudget
 from wsgipool._front.exchange import Exchange
 from wsgipool._front.guard import Refusals
-from wsgipool._front.spool import MemoryBudget
 from wsgipool._wire import frames as proto
 
 try:  # the reader has lived in frames.py; it may have a module of its own
@@ -154,7 +154,7 @@ def make(tmp_path: Any) -> Callable[..., tuple[Exchange, Server, FakePool]]:
         config = Config.from_options({"workers": 1, "buffer_dir": str(tmp_path), **options})
         pool = FakePool(config, *leases)
         server = Server(*incoming)
-        budget = MemoryBudget(1024 * KIB)
+        budget = BufferBudget(1024 * KIB)
         exchange = Exchange(
             pool,  # type: ignore[arg-type]
             budget,

@@ -17,8 +17,9 @@ import pytest
 
 from wsgipool._config import Config
 from wsgipool._front import intake
+from wsgipool._front.budget import BufferBudget
 from wsgipool._front.intake import BodyRefused, Pace, check_size, first_message, take_body
-from wsgipool._front.spool import MemoryBudget, Spool
+from wsgipool._front.spool import Spool
 
 pytestmark = pytest.mark.anyio
 
@@ -133,11 +134,11 @@ def test_check_size_allows_up_to_the_limit_and_refuses_past_it() -> None:
 
 
 @pytest.fixture
-def budget() -> MemoryBudget:
-    return MemoryBudget(1024 * 1024)
+def budget() -> BufferBudget:
+    return BufferBudget(1024 * 1024)
 
 
-async def test_a_body_in_one_message(tmp_path, budget: MemoryBudget) -> None:
+async def test_a_body_in_one_message(tmp_path, budget: BufferBudget) -> None:
     cfg = config(buffer_dir=str(tmp_path))
     spool = await take_body(scripted(), chunk(b"hello", more=False), cfg, budget, Pace(cfg))
     assert spool is not None
@@ -147,7 +148,7 @@ async def test_a_body_in_one_message(tmp_path, budget: MemoryBudget) -> None:
     assert budget.used == 0
 
 
-async def test_a_body_in_many_messages(tmp_path, budget: MemoryBudget) -> None:
+async def test_a_body_in_many_messages(tmp_path, budget: BufferBudget) -> None:
     cfg = config(buffer_dir=str(tmp_path))
     receive = scripted(chunk(b""), chunk(b"b" * 1000), chunk(b"c", more=False))
     spool = await take_body(receive, chunk(b"a"), cfg, budget, Pace(cfg))
@@ -159,7 +160,7 @@ async def test_a_body_in_many_messages(tmp_path, budget: MemoryBudget) -> None:
 
 
 async def test_a_body_past_the_budget_goes_to_disk(tmp_path) -> None:
-    budget = MemoryBudget(0)
+    budget = BufferBudget(0)
     cfg = config(buffer_dir=str(tmp_path))
     receive = scripted(chunk(b"y" * 3000), chunk(b"z", more=False))
     spool = await take_body(receive, chunk(b"x" * 3000), cfg, budget, Pace(cfg))
@@ -171,7 +172,7 @@ async def test_a_body_past_the_budget_goes_to_disk(tmp_path) -> None:
     assert list(tmp_path.iterdir()) == []  # unlinked: nothing left behind
 
 
-async def test_a_body_past_max_body_size_is_413(tmp_path, budget: MemoryBudget) -> None:
+async def test_a_body_past_max_body_size_is_413(tmp_path, budget: BufferBudget) -> None:
     cfg = config(buffer_dir=str(tmp_path), max_body_size=10)
     receive = scripted(chunk(b"12345"), chunk(b"6", more=False))
     with pytest.raises(BodyRefused) as refused:
@@ -180,7 +181,7 @@ async def test_a_body_past_max_body_size_is_413(tmp_path, budget: MemoryBudget) 
     assert budget.used == 0  # what was taken is given back
 
 
-async def test_a_first_message_past_max_body_size_is_413(tmp_path, budget: MemoryBudget) -> None:
+async def test_a_first_message_past_max_body_size_is_413(tmp_path, budget: BufferBudget) -> None:
     cfg = config(buffer_dir=str(tmp_path), max_body_size=3)
     with pytest.raises(BodyRefused) as refused:
         await take_body(scripted(), chunk(b"1234", more=False), cfg, budget, Pace(cfg))
@@ -188,7 +189,7 @@ async def test_a_first_message_past_max_body_size_is_413(tmp_path, budget: Memor
     assert budget.used == 0
 
 
-async def test_a_body_exactly_max_body_size_is_taken(tmp_path, budget: MemoryBudget) -> None:
+async def test_a_body_exactly_max_body_size_is_taken(tmp_path, budget: BufferBudget) -> None:
     cfg = config(buffer_dir=str(tmp_path), max_body_size=6)
     receive = scripted(chunk(b"456", more=False))
     spool = await take_body(receive, chunk(b"123"), cfg, budget, Pace(cfg))
@@ -197,7 +198,7 @@ async def test_a_body_exactly_max_body_size_is_taken(tmp_path, budget: MemoryBud
     spool.close()
 
 
-async def test_a_client_that_stops_sending_is_408(tmp_path, budget: MemoryBudget) -> None:
+async def test_a_client_that_stops_sending_is_408(tmp_path, budget: BufferBudget) -> None:
     cfg = config(buffer_dir=str(tmp_path), client_timeout=0.05, min_client_rate=0)
     never = anyio.Event()
     with anyio.fail_after(5), pytest.raises(BodyRefused) as refused:
@@ -208,7 +209,7 @@ async def test_a_client_that_stops_sending_is_408(tmp_path, budget: MemoryBudget
 
 
 async def test_a_client_behind_the_rate_is_408_without_waiting(
-    tmp_path, budget: MemoryBudget
+    tmp_path, budget: BufferBudget
 ) -> None:
     cfg = config(buffer_dir=str(tmp_path), client_rate_grace=0.0, min_client_rate=10**6)
     pace = Pace(cfg)
@@ -219,7 +220,7 @@ async def test_a_client_behind_the_rate_is_408_without_waiting(
     assert refused.value.status == 408
 
 
-async def test_a_disconnect_is_none_and_frees_the_spool(tmp_path, budget: MemoryBudget) -> None:
+async def test_a_disconnect_is_none_and_frees_the_spool(tmp_path, budget: BufferBudget) -> None:
     cfg = config(buffer_dir=str(tmp_path))
     closed: list[Spool] = []
     real_close = Spool.close
@@ -237,9 +238,9 @@ async def test_a_disconnect_is_none_and_frees_the_spool(tmp_path, budget: Memory
     assert budget.used == 0
 
 
-async def test_no_room_to_buffer_is_503(tmp_path, budget: MemoryBudget) -> None:
+async def test_no_room_to_buffer_is_503(tmp_path, budget: BufferBudget) -> None:
     cfg = config(buffer_dir=str(tmp_path / "missing"))
-    budget = MemoryBudget(0)  # everything goes to a file, which cannot be made
+    budget = BufferBudget(0)  # everything goes to a file, which cannot be made
     with pytest.raises(BodyRefused) as refused:
         await take_body(scripted(), chunk(b"x" * 100, more=False), cfg, budget, Pace(cfg))
     assert refused.value.status == 503
@@ -248,7 +249,7 @@ async def test_no_room_to_buffer_is_503(tmp_path, budget: MemoryBudget) -> None:
 
 
 async def test_cancelling_the_read_frees_the_spool(tmp_path) -> None:
-    budget = MemoryBudget(1024)
+    budget = BufferBudget(1024)
     cfg = config(buffer_dir=str(tmp_path))
     never = anyio.Event()
     with anyio.CancelScope() as scope:

@@ -24,11 +24,11 @@ from wsgipool._errors import (
     WorkerGoneError,
     WorkerTimeoutError,
 )
+from wsgipool._front.budget import BufferBudget
 from wsgipool._front.guard import Refusals
 from wsgipool._front.intake import BodyRefused
 from wsgipool._front.relay import PATIENCE, Relay
 from wsgipool._front.response import END_MESSAGE
-from wsgipool._front.spool import MemoryBudget
 from wsgipool._wire import frames as proto
 
 try:  # the reader has lived in frames.py; it may have a module of its own
@@ -158,7 +158,7 @@ class FakeExchange:
     def __init__(self, journal: list[tuple[Any, ...]], tmp_path: Any, **options: Any) -> None:
         self.journal = journal
         self.config = Config.from_options({"workers": 1, "buffer_dir": str(tmp_path), **options})
-        self.budget = MemoryBudget(8 * 1024 * KIB)
+        self.budget = BufferBudget(8 * 1024 * KIB)
         self.disconnected = False
         self.refused_with = 0
         self.failure: BaseException | None = None
@@ -300,7 +300,7 @@ async def test_a_streamed_response_arrives_whole_and_in_order(make, lease) -> No
 
 async def test_many_chunks_through_memory_and_disk_arrive_in_order(make, lease) -> None:
     x = make()
-    x.budget = MemoryBudget(300 * KIB)  # the spool goes to disk part way
+    x.budget = BufferBudget(300 * KIB)  # the spool goes to disk part way
     sizes = [1, 17, 4 * KIB, 50 * KIB, 200 * KIB, 3, 70 * KIB] * 6
     chunks = [bytes([n % 251]) * size for n, size in enumerate(sizes)]
     lease.push(NOTHING_YET)  # a slow app: the first read gets nothing

@@ -19,6 +19,7 @@ import pytest
 
 from wsgipool._config import Config
 from wsgipool._errors import AppError, ProtocolError, RemoteTraceback
+from wsgipool._front.budget import BufferBudget
 from wsgipool._front.response import (
     CHUNK,
     COALESCE,
@@ -27,7 +28,6 @@ from wsgipool._front.response import (
     SLOW_MESSAGE,
     Response,
 )
-from wsgipool._front.spool import MemoryBudget
 from wsgipool._wire import frames as proto
 from wsgipool._wire.remote import dump
 
@@ -41,7 +41,7 @@ class Client:
     """What a response needs of its exchange."""
 
     config: Config
-    budget: MemoryBudget
+    budget: BufferBudget
     disconnected: bool = False
     refused_with: int = 0
     failure: BaseException | None = None
@@ -52,7 +52,7 @@ class Client:
 def client(budget: int = 8 * 1024 * KIB, tmp_path: Any = None, **options: Any) -> Client:
     if tmp_path is not None:
         options["buffer_dir"] = str(tmp_path)
-    return Client(Config.from_options({"workers": 1, **options}), MemoryBudget(budget))
+    return Client(Config.from_options({"workers": 1, **options}), BufferBudget(budget))
 
 
 def start(status: int = 200) -> proto.Start:

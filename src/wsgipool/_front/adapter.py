@@ -24,12 +24,12 @@ from .._types import Environ, Message, OptExcInfo, Receive, Scope, Send
 from .._wire.appspec import describe, label
 from .._wire.environ import REQUEST_ID_KEY, TooManyHeadersError, cgi_environ, complete_environ
 from .._worker.wsgi import ErrorStream, FileWrapper, Responder
+from .budget import BufferBudget, disk_budget
 from .exchange import Exchange
 from .guard import Refusals, refusal
 from .linger import answer_early, linger_before_reading
 from .proxy import Proxies
 from .request_id import RequestIds
-from .spool import MemoryBudget, disk_budget
 
 log = logging.getLogger("wsgipool.front")
 
@@ -55,7 +55,7 @@ class WsgiToAsgi:
         self.proxies = self.config.proxies()
         self.pool = Pool(self.spec, self.config)
         config = self.config
-        self.budget = MemoryBudget(  # bodies held in memory, and on disk
+        self.budget = BufferBudget(  # bodies held in memory, and on disk
             config.buffer_memory or 0, disk_budget(config.buffer_disk, config.buffer_dir)
         )
         self.refusals = Refusals()  # also counted by the server layer of ``wsgipool serve``
@@ -158,7 +158,7 @@ class WsgiToAsgi:
 
 async def serve(
     pool: Pool,
-    budget: MemoryBudget,
+    budget: BufferBudget,
     refusals: Refusals,
     duplicate_header_limit: int | None,
     scope: Scope,
@@ -204,13 +204,13 @@ class WsgiToAsgiInstance:
         duplicate_header_limit: int | None = 100,
         *,
         pool: Pool | None = None,
-        budget: MemoryBudget | None = None,
+        budget: BufferBudget | None = None,
         refusals: Refusals | None = None,
     ) -> None:
         self.wsgi_application = wsgi_application
         self.duplicate_header_limit = duplicate_header_limit
         self.pool = pool
-        self.budget = budget or MemoryBudget(0)
+        self.budget = budget or BufferBudget(0)
         self.refusals = Refusals() if refusals is None else refusals
         self.response_started = False
         self.response_content_length: int | None = None

@@ -29,12 +29,13 @@ from .._pool.pool import Pool
 from .._pool.queue import Watch
 from .._types import Message, Receive, Scope, Send
 from .._wire import frames as proto
+from .budget import BufferBudget
 from .guard import PHRASES, Refusals
 from .intake import BodyRefused, Pace, check_size, first_message, take_body
 from .linger import NO_LINGER, Linger, answer_early, linger_before_reading, linger_time
 from .relay import Relay
 from .response import CLOSE, plain_response
-from .spool import MemoryBudget, Spool, SpoolError
+from .spool import Spool, SpoolError
 
 log = logging.getLogger("wsgipool.front")
 #: A body up to this size travels with the request (it fits an empty pipe); a larger
@@ -65,7 +66,7 @@ class Exchange:
     def __init__(
         self,
         pool: Pool,
-        budget: MemoryBudget,
+        budget: BufferBudget,
         refusals: Refusals,
         scope: Scope,
         receive: Receive,

@@ -18,7 +18,8 @@ import anyio
 
 from .._config import Config
 from .._types import Message, Receive
-from .spool import MemoryBudget, Spool, SpoolError
+from .budget import BufferBudget
+from .spool import Spool, SpoolError
 
 
 class Pace:
@@ -86,7 +87,7 @@ async def first_message(receive: Receive, pace: Pace) -> Message:
 
 
 async def take_body(
-    receive: Receive, first: Message, config: Config, budget: MemoryBudget, pace: Pace
+    receive: Receive, first: Message, config: Config, budget: BufferBudget, pace: Pace
 ) -> Spool | None:
     """The whole request body, held by the front; None if the client left meanwhile.
 

@@ -21,8 +21,9 @@ from .._errors import ProtocolError
 from .._types import Message
 from .._wire import frames as proto
 from .._wire import remote as remote
+from .budget import BufferBudget
 from .guard import PHRASES, Refusals
-from .spool import DiskBudgetSpent, MemoryBudget, Spool, SpoolError
+from .spool import DiskBudgetSpent, Spool, SpoolError
 
 log = logging.getLogger("wsgipool.front")
 app_log = logging.getLogger("wsgipool.app")
@@ -60,7 +61,7 @@ class ClientSide(Protocol):
     """What a response needs of its request's client side (the exchange)."""
 
     config: Config
-    budget: MemoryBudget
+    budget: BufferBudget
     refusals: Refusals
     client: object
     disconnected: bool  # the client left, or was cut off

@@ -1,9 +1,10 @@
 """Bodies the front holds for a slow peer: in memory while a budget allows, then on disk.
 
 A :class:`Spool` is a FIFO of chunks. Chunks stay in memory up to a per-spool limit and
-while the front-wide :class:`MemoryBudget` has room; beyond that they are appended to an
-unlinked temporary file (``O_TMPFILE`` where Linux has it), so nothing is left on disk
-when the request ends, whether it ends normally, is cancelled, or the front is killed.
+while the front-wide :class:`~wsgipool._front.budget.BufferBudget` has room; beyond that
+they are appended to an unlinked temporary file (``O_TMPFILE`` where Linux has it), so
+nothing is left on disk when the request ends, whether it ends normally, is cancelled, or
+the front is killed.
 Chunk boundaries are kept, so what goes in as one chunk comes out as one chunk.
 
 A response spool can also have a second file, the *spill file*, which the worker writes
@@ -18,7 +19,8 @@ import os
 import tempfile
 from collections import deque
 from collections.abc import MutableSequence
-from typing import Protocol
+
+from .budget import BufferBudget, Holder
 
 #: Bytes of one spool kept in memory before it writes to its file.
 MEMORY_PER_SPOOL = 1024 * 1024
@@ -37,8 +39,6 @@ MERGE_UP_TO = 64 * 1024
 #: quarter of the budget; responses further behind are cut to make room): past its
 #: allowance the worker writes into the pipe and the front copies every byte to disk.
 SPILL_LEAST = 64 * 1024 * 1024
-#: Share of the buffer directory's free space (at start) that spool files may take at most.
-DISK_SHARE = 0.5
 
 
 class SpoolError(Exception):
@@ -47,84 +47,6 @@ class SpoolError(Exception):
 
 class DiskBudgetSpent(SpoolError):
     """No room within the front-wide budget of bytes on disk, and this spool pays for it."""
-
-
-class Holder(Protocol):
-    """A response that holds bytes for its client, and may be cut to free them."""
-
-    def drain_time(self) -> float:
-        """Seconds its client would take to read what is held, at its pace so far."""
-        ...
-
-    def shed(self) -> None:
-        """Cut the client off now, freeing what is held (and leave the budget's holders)."""
-        ...
-
-
-class MemoryBudget:
-    """Bytes of bodies the whole front may hold in memory at once, and on disk.
-
-    Memory past ``limit`` goes to disk. Disk past ``disk_limit`` (None: no bound) is paid
-    for by a response: the one whose client would take longest to read what is held for it
-    at the pace it has read so far (it read least and holds most) is cut off, whether it is
-    the one asking or another; a request body asking is refused when no response can pay.
-    A client that keeps up holds little and reads fast, so it is the last to pay; a worker
-    never waits for room."""
-
-    __slots__ = ("disk_limit", "holders", "limit", "on_disk", "reserved", "used")
-
-    def __init__(self, limit: int, disk_limit: int | None = None) -> None:
-        self.limit = limit
-        self.disk_limit = disk_limit
-        self.used = 0  # in memory
-        self.on_disk = 0  # in spool files, the workers' spills included
-        self.reserved = 0  # promised to workers writing spill files, not written yet
-        self.holders: dict[Holder, None] = {}  # responses that may be cut, oldest first
-
-    def room_on_disk(self, size: int, asking: Holder | None = None) -> bool:
-        """Is there room for ``size`` more bytes on disk? Cuts responses to make it; False
-        if the one to pay is ``asking`` (or none can: a request body asking)."""
-        limit = self.disk_limit
-        while limit is not None and self.on_disk + self.reserved + size > limit:
-            victim = max(self.holders, key=_drain_time, default=None)
-            if victim is None or victim is asking or victim.drain_time() <= 0:
-                return False
-            if asking is not None and victim.drain_time() <= asking.drain_time():
-                return False  # the asker is as far behind as any: it pays itself
-            victim.shed()
-            self.holders.pop(victim, None)  # freed, even if shed() did not say so
-        return True
-
-    def disk_room(self) -> int | None:
-        """Bytes left on disk within the budget (None: no bound)."""
-        if self.disk_limit is None:
-            return None
-        return max(0, self.disk_limit - self.on_disk - self.reserved)
-
-    def take(self, size: int) -> bool:
-        if self.used + size > self.limit:
-            return False
-        self.used += size
-        return True
-
-    def give(self, size: int) -> None:
-        self.used -= size
-
-
-def _drain_time(holder: Holder) -> float:
-    return holder.drain_time()
-
-
-def disk_budget(configured: int | None, directory: str | None) -> int | None:
-    """``configured``, or less when the buffer directory's filesystem has less free space
-    than it takes (at most :data:`DISK_SHARE` of it): the budget must fit the disk."""
-    if configured is None:
-        return None
-    try:
-        stat = os.statvfs(directory or tempfile.gettempdir())
-    except OSError:
-        return configured
-    return min(configured, int(stat.f_bavail * stat.f_frsize * DISK_SHARE))
 
 
 class Spool:
@@ -136,7 +58,7 @@ class Spool:
 
     def __init__(
         self,
-        budget: MemoryBudget,
+        budget: BufferBudget,
         directory: str | None = None,
         merge: bool = False,
         holder: Holder | None = None,

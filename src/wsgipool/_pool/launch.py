@@ -21,7 +21,8 @@ from .._config import Config
 from .._errors import AppLoadError
 from .._wire import frames as proto
 from .._wire.appspec import AppSpec
-from .process import WorkerProcess, resolve_identity
+from .process import WorkerProcess
+from .spawner import resolve_identity
 from .template import Template
 
 log = logging.getLogger("wsgipool.pool")

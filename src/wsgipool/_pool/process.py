@@ -8,26 +8,19 @@ and trio, and survives the loop it was started on.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import functools
 import logging
 import os
-import queue
 import select
 import signal
 import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future
-from typing import Any, Protocol, TypeVar
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
 
 import anyio
 
 from .._errors import (
     AppLoadError,
-    ConfigError,
     ProtocolError,
     RequestNotSentError,
     WorkerGoneError,
@@ -36,44 +29,16 @@ from .._errors import (
 from .._wire import frames as proto
 from .deaths import EXIT_UNKNOWN, Death, describe_exit, oom_kills
 from .readers import open_reader
+from .spawner import SPAWNER, start_process
 
 log = logging.getLogger("wsgipool.pool")
 
-PIPE_SIZE = 1024 * 1024
 #: Most pieces given to one ``writev``: Linux refuses more than IOV_MAX (1024) with EINVAL.
 WRITEV_MAX = 512
 #: Longest a half-written frame may wait for the worker to read before it is given up.
 WRITE_STUCK = 60.0
 #: Set in a worker's environment while it imports the app (see ``spawn``).
 LOADING_ENV = "WSGIPOOL_WORKER_LOADING"
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _worker_env(env: dict[str, str] | None) -> dict[str, str]:
-    env = dict(os.environ if env is None else env)
-    # `-m wsgipool._worker` must import this very copy of wsgipool.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
-    return env
-
-
-def pipe() -> tuple[int, int]:
-    r, w = os.pipe()
-    with contextlib.suppress(OSError, AttributeError):
-        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)  # fewer wake-ups for big bodies
-    return r, w
-
-
-def channel_pipes() -> tuple[int, int, int, int]:
-    """A worker's two pipes, both or neither: ``(to_child_r, to_child_w, from_child_r,
-    from_child_w)``."""
-    to_child_r, to_child_w = pipe()
-    try:
-        from_child_r, from_child_w = pipe()
-    except BaseException:
-        os.close(to_child_r)
-        os.close(to_child_w)
-        raise
-    return to_child_r, to_child_w, from_child_r, from_child_w
 
 
 class Child(Protocol):
@@ -137,7 +102,6 @@ def _exiting(pid: int) -> bool:
 
 
 _W = TypeVar("_W", bound="WorkerProcess")
-_T = TypeVar("_T")
 #: Signals that mean "killed from outside", not "the app failed to start".
 _KILLED = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT})
 #: Seconds between SIGTERM and SIGKILL whenever a worker is made to stop.
@@ -194,7 +158,7 @@ class WorkerProcess:
                 "the main script runs again in each worker, so guard the code that serves "
                 "with `if __name__ == '__main__':`"
             )
-        started = _SPAWNER.submit(_start_process, env, pass_fds)
+        started = SPAWNER.submit(start_process, env, pass_fds)
         with anyio.CancelScope(shield=True):  # once asked for, the process is ours to keep
             popen, rfd, wfd = await anyio.to_thread.run_sync(started.result)
         worker = cls(worker_id, popen, rfd, wfd)  # here: its reader belongs to this loop
@@ -370,85 +334,6 @@ class WorkerProcess:
         self.close_pipes()
         with contextlib.suppress(Exception):
             self.popen.wait(0.5)
-
-
-class _Spawner:
-    """The one thread that starts worker processes (see ``WorkerProcess.spawn``).
-
-    A daemon thread of its own rather than an executor's: an executor's threads are
-    joined, and so end, when the main thread finishes, which would kill every worker
-    (their parent thread died) while the loop still serves in another thread.
-    """
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def submit(self, job: Callable[..., _T], *args: Any) -> Future[_T]:
-        future: Future[_T] = Future()
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="wsgipool-spawn", daemon=True
-                )
-                self._thread.start()
-        self._jobs.put((future, functools.partial(job, *args)))
-        return future
-
-    def _run(self) -> None:
-        while True:
-            future, job = self._jobs.get()
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(job())
-                except BaseException as exc:
-                    future.set_exception(exc)
-
-
-_SPAWNER = _Spawner()
-
-
-def _start_process(
-    env: dict[str, str] | None, pass_fds: tuple[int, ...]
-) -> tuple[subprocess.Popen[bytes], int, int]:
-    """A new ``python -m wsgipool._worker`` and the front's ends of its two pipes."""
-    to_child_r, to_child_w, from_child_r, from_child_w = channel_pipes()
-    try:
-        popen = subprocess.Popen(
-            [sys.executable, "-u", "-m", "wsgipool._worker", str(os.getpid())],
-            stdin=to_child_r,
-            stdout=from_child_w,
-            close_fds=True,
-            pass_fds=pass_fds,
-            start_new_session=True,  # its own process group: kill it whole
-            env=_worker_env(env),
-        )
-    except BaseException:
-        for fd in (to_child_w, from_child_r):
-            os.close(fd)
-        raise
-    finally:
-        os.close(to_child_r)
-        os.close(from_child_w)
-    return popen, from_child_r, to_child_w
-
-
-def resolve_identity(user: str | None, group: str | None) -> tuple[int, int] | None:
-    """``(uid, gid)`` for the workers to switch to, or None to keep the front's."""
-    if user is None and group is None:
-        return None
-    import grp
-    import pwd
-
-    try:
-        entry = pwd.getpwnam(user) if user is not None else pwd.getpwuid(os.geteuid())
-        gid = grp.getgrnam(group).gr_gid if group is not None else entry.pw_gid
-    except KeyError as exc:
-        raise ConfigError(f"unknown user or group: {exc.args[0]}") from exc
-    if os.geteuid() != 0 and (entry.pw_uid, gid) != (os.geteuid(), os.getegid()):
-        raise ConfigError("user/group need the front to start as root")
-    return entry.pw_uid, gid
 
 
 def _after(

@@ -15,7 +15,8 @@ import anyio
 
 from .._errors import ProtocolError, WorkerStartError
 from .._wire import frames as proto
-from .process import ForkedChild, WorkerProcess, channel_pipes
+from .process import ForkedChild, WorkerProcess
+from .spawner import channel_pipes
 
 
 class Template(WorkerProcess):
