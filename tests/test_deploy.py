@@ -311,6 +311,6 @@ def test_utilization_hpa_reads_the_metric_its_adapter_rule_makes(
     assert metric["type"] == "Pods"
     assert metric["pods"]["metric"]["name"] == rule["name"]["as"]
     # The rule's series are ones wsgipool exports (named in its metrics code).
-    exported = (DEPLOY.parent / "src" / "wsgipool" / "_observe" / "pages.py").read_text()
+    exported = (DEPLOY.parent / "src" / "wsgipool" / "_observe" / "metrics.py").read_text()
     for series in re.findall(r"wsgipool_\w+", rule["seriesQuery"] + rule["metricsQuery"]):
         assert f'"{series.removesuffix("_total")}"' in exported, series
