@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from support import SERVERS, LiveServer, UvicornServer
+from support import SERVERS, Front, LiveServer, UvicornServer
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -39,3 +41,18 @@ def serve() -> Iterator[Callable[..., LiveServer]]:
 def serve_each(request: pytest.FixtureRequest) -> Iterator[Callable[..., LiveServer]]:
     """Like :func:`serve`, once with uvicorn (asyncio) and once with hypercorn on trio."""
     yield from _serving(SERVERS[request.param])
+
+
+@pytest.fixture
+def front(tmp_path: Path) -> Iterator[Callable[..., Front]]:
+    """``front("app:app", "-w", "1")`` runs ``wsgipool serve`` in a subprocess; every one
+    started is killed at the end of the test."""
+    started: list[Front] = []
+
+    def start(*args: str, **kwargs: Any) -> Front:
+        started.append(Front(tmp_path, *args, **kwargs))
+        return started[-1]
+
+    yield start
+    for one in started:
+        one.stop(signal.SIGKILL)

@@ -10,9 +10,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -31,19 +30,6 @@ TESTS = Path(__file__).parent
 def title(pid: int) -> str:
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         return f.read().replace(b"\0", b" ").decode().strip()
-
-
-@pytest.fixture
-def front(tmp_path: Path) -> Iterator[Callable[..., Front]]:
-    started: list[Front] = []
-
-    def start(*args: str, **kwargs: Any) -> Front:
-        started.append(Front(tmp_path, *args, **kwargs))
-        return started[-1]
-
-    yield start
-    for one in started:
-        one.stop(signal.SIGKILL)
 
 
 # -- flags and environment ---------------------------------------------------------------

@@ -73,19 +73,6 @@ def exchange(port: int, data: bytes) -> bytes:
         peer.close()
 
 
-@pytest.fixture
-def front(tmp_path: Path) -> Iterator[Callable[..., Front]]:
-    started: list[Front] = []
-
-    def start(*args: str, **env: str) -> Front:
-        started.append(Front(tmp_path, *args, **env))
-        return started[-1]
-
-    yield start
-    for one in started:
-        one.stop(signal.SIGKILL)
-
-
 def serve(front: Callable[..., Front], parser: str, *args: str) -> Front:
     return front(
         "apps:pid", "-w", "1", "--http", parser, "--header-timeout", HEADER_TIMEOUT,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,19 +35,6 @@ def worker_exit(worker): _note("worker_exit", worker.id)
 
 _note("loaded")
 """
-
-
-@pytest.fixture
-def front(tmp_path: Path) -> Iterator[Callable[..., Front]]:
-    started: list[Front] = []
-
-    def start(*args: str, **env: str) -> Front:
-        started.append(Front(tmp_path, *args, **env))
-        return started[-1]
-
-    yield start
-    for one in started:
-        one.stop(signal.SIGKILL)
 
 
 def lines(log: Path) -> list[list[str]]:

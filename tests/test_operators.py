@@ -5,30 +5,15 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 
 from support import Front, wait_for
 
 ACCESS_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(m)s %(U)s %(q)s %({x-request-id}o)s %({x-custom}i)s'
-
-
-@pytest.fixture
-def front(tmp_path: Path) -> Iterator[Callable[..., Front]]:
-    started: list[Front] = []
-
-    def start(*args: str, **env: str) -> Front:
-        started.append(Front(tmp_path, *args, **env))
-        return started[-1]
-
-    yield start
-    for one in started:
-        one.stop(signal.SIGKILL)
 
 
 def test_json_logs_access_lines_and_request_ids(front: Callable[..., Front]) -> None:
