@@ -123,3 +123,24 @@ def test_log_config_file_shapes_the_fronts_lines(
     lines = out.read_text().splitlines()
     assert "None|wsgipool.pool|worker 1 started" in "\n".join(lines)
     assert "cfg-1|wsgipool.access|GET /configured 200" in lines
+
+
+def test_a_workers_exit_is_not_logged_under_the_next_requests_id(
+    front: Callable[..., Front],
+) -> None:
+    """A worker that crashed is reaped when the next request is dispatched; its exit line
+    belongs to no request, so it must not carry that request's id."""
+    server = front("wsgipool.demo:app", "-w", "1", "--log-format", "json").ready()
+    ids = []
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for n in range(3):
+            assert client.get("/crash").status_code == 502
+            ids.append(f"next-{n}")
+            answer = client.get("/", headers={"X-Request-ID": ids[-1]})
+            assert answer.status_code == 200
+    server.stop()
+    exits = [json.loads(line) for line in server.output().splitlines()
+             if '"message": "worker 1' in line and "exited" in line]  # fmt: skip
+    assert exits, server.output()
+    for entry in exits:
+        assert entry.get("request_id") not in ids, entry

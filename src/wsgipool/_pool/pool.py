@@ -32,6 +32,7 @@ from .._errors import (
     WorkerError,
     WorkerStartError,
 )
+from .._logging import request_id
 from .._wire.appspec import AppSpec
 from .busy import BusyTime
 from .deaths import describe_exit
@@ -375,7 +376,14 @@ class Pool:
         old = self.launcher.old_templates
         if not (self.registry.exiting or old):
             return  # the usual case, on every dispatch
-        now = time.monotonic()
+        token = request_id.set(None)  # called by a request, but what exits is not its own
+        try:
+            self._reap()
+        finally:
+            request_id.reset(token)
+
+    def _reap(self) -> None:
+        old, now = self.launcher.old_templates, time.monotonic()
         for template in list(old):
             if not any(w.template is template for w in self.workers):
                 old.remove(template)
