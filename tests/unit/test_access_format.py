@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -145,3 +146,30 @@ def test_an_admin_address_reachable_from_elsewhere_is_told_apart(
     address: str, private: bool
 ) -> None:
     assert private_address(address) is private
+
+
+FORKED_IDS = """
+import os
+from wsgipool._front.request_id import new_id
+parent = [new_id() for _ in range(1000)]
+read, write = os.pipe()
+if os.fork() == 0:
+    os.write(write, " ".join(new_id() for _ in range(1000)).encode())
+    os._exit(0)
+os.close(write)
+os.wait()
+print(" ".join(parent))
+print(os.fdopen(read).read())
+"""
+
+
+def test_new_ids_are_unique_in_a_process_and_across_a_fork() -> None:
+    """A server that imports the adapter and then forks its workers must not have them
+    hand out the same ids (in a fresh interpreter: forking pytest's threads is unsafe)."""
+    run = subprocess.run([sys.executable, "-c", FORKED_IDS], capture_output=True, text=True,
+                         timeout=30, check=True)  # fmt: skip
+    parent, child = (set(line.split()) for line in run.stdout.splitlines())
+    assert len(parent) == 1000
+    assert len(child) == 1000
+    assert all(len(rid) == 32 for rid in parent | child)
+    assert not parent & child

@@ -8,8 +8,9 @@ anything else is replaced by a new id, never passed on.
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
-import uuid
 
 from .._types import Message, Scope, Send
 
@@ -17,9 +18,26 @@ from .._types import Message, Scope, Send
 SAFE_ID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
 
 
+#: 64 random bits per process, then a count: ids unique across fronts without
+#: coordination, at a sixth of the cost of ``uuid4`` (no system call per request).
+_prefix = ""
+_count = itertools.count()
+
+
+def _reseed() -> None:
+    """A new prefix: at import, and in a child forked after it (a server that imports the
+    app once, then forks its workers), which would otherwise repeat its parent's ids."""
+    global _prefix, _count
+    _prefix, _count = os.urandom(8).hex(), itertools.count()
+
+
+_reseed()
+os.register_at_fork(after_in_child=_reseed)
+
+
 def new_id() -> str:
-    """32 hex digits: unique without coordination between fronts."""
-    return uuid.uuid4().hex
+    """32 hex digits: this process's random prefix and the request's number."""
+    return f"{_prefix}{next(_count):016x}"
 
 
 class RequestIds:
