@@ -11,7 +11,9 @@ the worker timeout (504). Pieces cost time (a chunk costs hypercorn ~0.3 ms), so
 cross product keeps to :data:`MAX_PIECES` a body and :data:`MANY_PIECES` adds the cells
 of many small ones (up to 4096; 16,384 through ASGITransport, where they are cheap).
 
-Hosts: uvicorn (h11, httptools), hypercorn (asyncio, trio), and httpx's ASGITransport
+Hosts: uvicorn (h11, httptools; and both again with the protocols of ``wsgipool serve``,
+which write a response head with its first body chunk), hypercorn (asyncio, trio), and
+httpx's ASGITransport
 in process, which gives every piece its own ``http.request`` message and runs no
 lifespan (the workers start with the first requests). Each host serves one
 :class:`WsgiToAsgi` for the whole module; the cells of a test run a few at a time, each
@@ -43,6 +45,8 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from apps import pattern
 from support import HypercornServer, LiveServer, MiB, Reader, UvicornServer, connect, readable
 from wsgipool import WsgiToAsgi
+from wsgipool._serve.edge import HEADER_TIMEOUT, MAX_CONNECTIONS, EdgeSettings
+from wsgipool._serve.protocols import protocol_class
 
 KiB = 1024
 #: Seconds a worker may spend on a request: a stuck one fails with 504 soon.
@@ -57,7 +61,9 @@ MAX_PIECES = 1200
 #: Requests at once, as many as a host has workers: none waits for a stuck one.
 CONCURRENCY = 3
 
-HOSTS = ["h11", "httptools", "hypercorn-asyncio", "hypercorn-trio", "asgi"]
+#: ``edge-*``: uvicorn with the protocols ``wsgipool serve`` runs (its own writes, limits).
+HOSTS = ["h11", "httptools", "edge-h11", "edge-httptools", "hypercorn-asyncio",
+         "hypercorn-trio", "asgi"]  # fmt: skip
 SERVERS = HOSTS[:-1]
 
 PIECE_SIZES = (1, 100, KiB, 8191, 65536, 300_000)
@@ -177,6 +183,9 @@ class AsgiTarget(Target):
 def server_for(app: WsgiToAsgi, host: str) -> LiveServer:
     if host.startswith("hypercorn-"):
         return HypercornServer(app, host.partition("-")[2])
+    if host.startswith("edge-"):
+        edge = EdgeSettings(app.config.limits, HEADER_TIMEOUT, MAX_CONNECTIONS, app.refusals)
+        return UvicornServer(app, http=protocol_class(host.partition("-")[2], edge))
     return UvicornServer(app, http=host)
 
 

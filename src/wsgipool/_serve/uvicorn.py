@@ -31,6 +31,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .._front.guard import LOG_EVERY, Refusal
 from .._front.linger import LINGER_BYTES, LINGER_GAP, LINGER_TIME_SLOW
+from .corked import CorkedTransport
 from .edge import EdgeSettings, HeadScanner, Sheddable, small_head
 
 _TIMED_OUT = Refusal(408, "header_timeout", "the request head took too long")
@@ -76,7 +77,8 @@ class EdgeMixin:
         raise NotImplementedError
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)  # type: ignore[misc]
+        # A response's head leaves with its first body chunk: one send, not two.
+        super().connection_made(CorkedTransport(transport, self.loop))  # type: ignore[misc]
         limit = self.edge.max_connections
         if limit is not None and len(self.connections) > limit and not self.shed_another():
             self.refuse(_TOO_MANY)
