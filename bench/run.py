@@ -85,7 +85,7 @@ WORKLOADS = (
 @dataclass(frozen=True)
 class Contender:
     name: str
-    kind: str  # "uvicorn" (with factory), "gunicorn" or "nginx" (in front of gunicorn)
+    kind: str  # "uvicorn" (with factory), "gunicorn", "nginx" (in front of gunicorn), "serve"
     target: str  # the uvicorn factory; gunicorn serves the workload's app itself
     note: str
     hello_only: bool = False
@@ -131,6 +131,13 @@ CONTENDERS = (
         "uvicorn",
         "bench.app:make_wsgipool",
         "wsgipool WsgiToAsgi, 1 uvicorn process + WORKERS workers",
+    ),
+    Contender(
+        "wsgipool-serve",
+        "serve",
+        APP,
+        "`wsgipool serve` with its defaults (its own edge, request ids) but no access log, "
+        "WORKERS workers: what replaces nginx + gunicorn",
     ),
 )
 
@@ -187,6 +194,11 @@ def wrk(url: str, workload: Workload, seconds: float) -> dict[str, Any]:
 def server_command(contender: Contender, port: int, workers: int, app: str) -> list[str]:
     if contender.kind == "gunicorn":
         return gunicorn_command(app, port, workers)
+    if contender.kind == "serve":
+        return python(
+            "-m", "wsgipool", "serve", app, "--workers", str(workers),
+            "--bind", f"127.0.0.1:{port}", "--no-access-log", "--log-level", "warning",
+        )  # fmt: skip
     return python(
         "-m", "uvicorn", "--factory", contender.target, "--host", "127.0.0.1",
         "--port", str(port), "--loop", "uvloop" if have("uvloop") else "auto",
