@@ -372,7 +372,9 @@ def test_tls_with_a_certificate_made_here(front: Callable[..., Front], tmp_path:
     cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
     cert.private_key_pem.write_to_path(str(keyfile))
     ca.cert_pem.write_to_path(str(cafile))
-    server = front("apps:pid", "-w", "1", "--certfile", str(certfile), "--keyfile", str(keyfile))
+    server = front(
+        "apps:pid", "-w", "1", "--certfile", str(certfile), "--keyfile", str(keyfile), "--status"
+    )  # with an admin listener, plain, started during the lifespan
     url = server.url.replace("http://", "https://")
     context = ssl.create_default_context(cafile=str(cafile))
     wait_until_served(server, url, context)
@@ -383,6 +385,7 @@ def test_tls_with_a_certificate_made_here(front: Callable[..., Front], tmp_path:
     with pytest.raises(httpx.ConnectError):  # a client that does not trust the CA
         httpx.get(url + "/", timeout=10)
     assert f"on {url} with 1 workers" in server.output()
+    assert server.admin("/-/status").status_code == 200
     assert server.stop() == 0
 
 

@@ -3,7 +3,9 @@
 asyncio gives a TLS handshake 60 s (``ssl_handshake_timeout``) and uvicorn passes no
 other value, so a connection that never finishes its handshake would hold its slot three
 times as long as a plain one that never sends its head (``header_timeout``). This
-subclass hands the same bound to the loop's ``create_server`` while uvicorn starts.
+subclass hands the same bound to the loop's ``create_server`` while uvicorn starts, for
+the servers made with TLS only: the lifespan runs meanwhile, and a plain server it starts
+(the admin listener) must not get a handshake timeout (uvloop refuses one without TLS).
 """
 
 from __future__ import annotations
@@ -30,10 +32,22 @@ class EdgeServer(uvicorn.Server):
             return
         loop: Any = asyncio.get_running_loop()
         for name in ("create_server", "create_unix_server"):
-            method = getattr(loop, name)
-            setattr(loop, name, functools.partial(method, ssl_handshake_timeout=timeout))
+            setattr(loop, name, _bounded(getattr(loop, name), timeout))
         try:
             await super().startup(sockets)
         finally:  # the loop's own methods again
             for name in ("create_server", "create_unix_server"):
                 delattr(loop, name)
+
+
+def _bounded(create: Any, timeout: float) -> Any:
+    """``create`` (a loop's ``create_server``), with ``ssl_handshake_timeout`` for a server
+    made with TLS."""
+
+    @functools.wraps(create)
+    def create_server(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("ssl") is not None:
+            kwargs.setdefault("ssl_handshake_timeout", timeout)
+        return create(*args, **kwargs)
+
+    return create_server
