@@ -197,6 +197,8 @@ class Relay:
             return
         frame = proto.spill_frame(shared_path(fd), allowance)
         self.r.spill = self.lease.try_send(frame)
+        if not self.r.spill:  # not offered after all (its pipe is full): asked again later
+            spool.unreserve()
 
     # -- client -> worker -----------------------------------------------------------
 

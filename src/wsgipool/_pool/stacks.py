@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import time
 from typing import Protocol
 
@@ -24,6 +25,8 @@ STACKS_WAIT = 1.0
 QUIET = 0.2
 _POLL = 0.005
 _BLOCK = 1024 * 1024
+#: Most bytes of one dump read (the worker's pipe holds at most this much anyway).
+_MOST = 1024 * 1024
 
 
 class Dumpable(Protocol):
@@ -39,17 +42,24 @@ class Dumpable(Protocol):
 
 
 def _open(worker: Dumpable) -> int:
+    """The worker's stack pipe, opened once; OSError if its descriptor is no pipe now (the
+    app may close it and get the number back for a file, or ``/dev/zero``, which the
+    front would otherwise read without end)."""
     if worker.stack_pipe < 0:
         path = f"/proc/{worker.pid}/fd/{worker.stacks}"
-        worker.stack_pipe = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(f"worker {worker.id}: its stack pipe is gone")
+        worker.stack_pipe = fd
     return worker.stack_pipe
 
 
-def _read_all(fd: int) -> bytes:
-    """Whatever the pipe holds now (b"" if nothing)."""
+def _read_all(fd: int, most: int = _MOST) -> bytes:
+    """Whatever the pipe holds now, up to ``most`` bytes (b"" if nothing)."""
     data = b""
     with contextlib.suppress(BlockingIOError):
-        while chunk := os.read(fd, _BLOCK):
+        while len(data) < most and (chunk := os.read(fd, min(_BLOCK, most - len(data)))):
             data += chunk
     return data
 
@@ -84,8 +94,10 @@ async def _collect(fd: int, wait: float) -> str | None:
     now = time.monotonic()
     deadline, last = now + wait, now
     while True:
-        chunk = _read_all(fd)
+        chunk = _read_all(fd, _MOST - len(buf))
         now = time.monotonic()
+        if len(buf) + len(chunk) >= _MOST:  # more than a dump: whatever it is, enough
+            return (buf + chunk).decode("utf-8", "replace").rstrip() or None
         if chunk:
             buf, last = buf + chunk, now
             text, mark, rest = buf.partition(END_MARK)
