@@ -111,6 +111,12 @@ def test_trusted_proxies_set_the_environ_and_untrusted_ones_change_nothing(
             assert env["SERVER_PORT"] == port
             assert not [key for key in env if "FORWARDED" in key]
 
+        # A trusted proxy's Forwarded element that cannot be read: 400, no guess.
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.1")) as client:
+            bad = client.get(url + "/page", headers={"Forwarded": "for=a b"}, timeout=30)
+        assert bad.status_code == 400
+        assert "Forwarded header is malformed" in bad.text
+
 
 def test_off_by_default_and_said_once(caplog: pytest.LogCaptureFixture) -> None:
     app = WsgiToAsgi("apps:environ_json", workers=1)

@@ -126,10 +126,32 @@ def test_unix_socket_peers_and_cidrs() -> None:
     assert "HTTP_X_FORWARDED_FOR" not in no_unix
 
 
-def test_a_malformed_forwarded_header_is_dropped() -> None:
-    env = environ([("Forwarded", "for=a b"), ("X-Forwarded-For", "203.0.113.9")])
-    assert env["REMOTE_ADDR"] == "127.0.0.1"
-    assert "HTTP_FORWARDED" not in env
+def test_a_malformed_forwarded_element_of_the_proxy_is_refused() -> None:
+    """Not applied, never the proxy's own address passed off as the client's: the
+    adapter answers 400."""
+    with pytest.raises(ValueError, match="malformed"):
+        environ([("Forwarded", "for=a b"), ("X-Forwarded-For", "203.0.113.9")])
+
+
+def test_a_clients_malformed_forwarded_line_does_not_hide_the_proxys_element() -> None:
+    """The client sends a garbage line, the proxy appends its own element: the lines are
+    one list, and the proxy's element (the rightmost) is still read."""
+    env = environ([("Forwarded", "x"), ("Forwarded", "for=203.0.113.9;proto=https")],
+                  client=("10.0.0.5", 5555))  # fmt: skip
+    assert env["REMOTE_ADDR"] == "203.0.113.9"
+    assert env["wsgi.url_scheme"] == "https"
+    assert "REMOTE_PORT" not in env
+
+
+def test_underscored_names_add_nothing_to_what_the_proxy_says() -> None:
+    """``X_Forwarded_For`` and ``X-Forwarded-For`` are one environ key: a client's value
+    under the first must not become the rightmost, trusted one."""
+    env = environ([("X-Forwarded-For", "203.0.113.9"), ("X_Forwarded_For", "6.6.6.6"),
+                   ("X_Forwarded_Proto", "https")])  # fmt: skip
+    assert env["REMOTE_ADDR"] == "203.0.113.9"
+    assert env["HTTP_X_FORWARDED_FOR"] == "203.0.113.9"
+    assert env["wsgi.url_scheme"] == "http"
+    assert "HTTP_X_FORWARDED_PROTO" not in env
 
 
 def test_bad_settings_name_the_option() -> None:

@@ -26,7 +26,7 @@ from .._wire.environ import REQUEST_ID_KEY, TooManyHeadersError, cgi_environ, co
 from .._worker.wsgi import ErrorStream, FileWrapper, Responder
 from .budget import BufferBudget, disk_budget
 from .exchange import Exchange
-from .guard import Refusals, refusal
+from .guard import Refusal, Refusals, refusal
 from .linger import answer_early, linger_before_reading
 from .proxy import Proxies
 from .request_id import RequestIds
@@ -178,7 +178,13 @@ async def serve(
         await answer_early(send, receive, *_TOO_MANY_HEADERS, linger_before_reading(scope))
         return
     if proxies is not None:
-        proxies.apply(cgi, scope)
+        try:
+            proxies.apply(cgi, scope)
+        except ValueError:  # a trusted proxy's Forwarded element we cannot read
+            refusals.refused(_BAD_FORWARDED, scope.get("client"))
+            await answer_early(send, receive, *_BAD_FORWARDED.messages(),
+                               linger_before_reading(scope))  # fmt: skip
+            return
     rid = request_id.get()
     if rid is not None:
         cgi[REQUEST_ID_KEY] = rid
@@ -188,6 +194,7 @@ async def serve(
         await exchange.run(cgi, first)
 
 
+_BAD_FORWARDED = Refusal(400, "bad forwarded", "the proxy's Forwarded header is malformed")
 #: asgiref's answer to a header repeated more than ``duplicate_header_limit`` times.
 _TOO_MANY_HEADERS: tuple[Message, Message] = (
     {"type": "http.response.start", "status": 400, "headers": [(b"content-type", b"text/plain")]},

@@ -33,7 +33,11 @@ KEYS = {
     "x-forwarded-port": "HTTP_X_FORWARDED_PORT",
     "x-forwarded-prefix": "HTTP_X_FORWARDED_PREFIX",
 }
+#: The same, by the raw header name (ASGI servers give them in lower case).
+_BY_NAME = {name.encode(): key for name, key in KEYS.items()}
 _DEFAULT_PORT = {"http": "80", "https": "443"}
+#: One element of a Forwarded list: up to a comma outside a quoted string.
+_ELEMENT = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*")+')
 #: One ``name=value`` pair of a Forwarded element: a token, or a quoted string.
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _PAIR = re.compile(rf'\s*({_TOKEN})=({_TOKEN}|"(?:[^"\\]|\\.)*")\s*')
@@ -63,6 +67,25 @@ def parse_forwarded(value: str) -> list[dict[str, str]]:
                 raise ValueError(f"malformed Forwarded header at {pos}: {value!r}")
             pos += 1
     return [element for element in elements if element]
+
+
+def forwarded_elements(value: str) -> list[str]:
+    """The elements of a Forwarded list, unparsed: each proxy appends its own, so the
+    ones a trusted proxy wrote are read even when a client's (leftmost) is malformed."""
+    return [element for element in _ELEMENT.findall(value) if element.strip()]
+
+
+def exact_values(scope: Scope) -> dict[str, str]:
+    """The proxy headers of ``scope`` by environ key, from their exact names only: in the
+    environ ``X_Forwarded_For`` and ``X-Forwarded-For`` are one key, and a client could
+    add to what its proxy says through the first (nginx drops such names, others pass
+    them on)."""
+    found: dict[str, list[str]] = {}
+    for name, value in scope.get("headers", ()):
+        key = _BY_NAME.get(bytes(name).lower())
+        if key is not None:
+            found.setdefault(key, []).append(bytes(value).decode("latin-1"))
+    return {key: ",".join(values) for key, values in found.items()}
 
 
 def split_node(node: str) -> tuple[str, str | None]:
@@ -148,28 +171,33 @@ class Proxies:
         return any(address in network for network in self.networks)
 
     def apply(self, environ: dict[str, Any], scope: Scope) -> None:
-        """Apply a trusted peer's headers to ``environ``; remove the rest of them."""
+        """Apply a trusted peer's headers to ``environ``; remove the rest of them.
+        ValueError: the Forwarded element a trusted proxy wrote is malformed (a 400: the
+        proxy's own address must not pass for the client's)."""
+        present = [key for key in KEYS.values() if key in environ]
+        if not present:
+            return
         if not self.enabled:
-            if not self.warned and any(key in environ for key in KEYS.values()):
+            if not self.warned:
                 self._say_ignored(environ, scope)
             return
         trusted = self.trusts(scope)
-        for key in KEYS.values():
-            if key in environ and not (trusted and key in self.trusted):
+        exact = exact_values(scope) if trusted else {}
+        for key in present:
+            if trusted and key in self.trusted and key in exact:
+                environ[key] = exact[key]
+            else:
                 del environ[key]
         if not trusted:
             return
         if "HTTP_FORWARDED" in environ:
-            try:
-                elements = parse_forwarded(environ["HTTP_FORWARDED"])
-            except ValueError:
-                del environ["HTTP_FORWARDED"]
-                return
+            elements = forwarded_elements(environ["HTTP_FORWARDED"])
             for key in KEYS.values():  # Forwarded says it all: the others are not mixed in
                 if key != "HTTP_FORWARDED":
                     environ.pop(key, None)
             if elements:
-                element = elements[max(len(elements) - self.hops, 0)]
+                chosen = elements[max(len(elements) - self.hops, 0)]
+                element = (parse_forwarded(chosen) or [{}])[0]  # ValueError if malformed
                 self._set(environ, element.get("for"), element.get("proto"),
                           element.get("host"), None, None)  # fmt: skip
             return
