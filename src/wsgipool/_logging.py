@@ -23,6 +23,7 @@ import contextvars
 import datetime
 import json
 import logging
+import re
 from typing import Any
 
 #: The front's and the workers' format, so their lines read alike.
@@ -195,3 +196,14 @@ def _configured_elsewhere() -> bool:
         ):
             return True
     return False
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters as ``\\xHH`` (as nginx logs them): a value from a
+    client (a decoded path, a header) must not start a line of its own in a text log."""
+    if text.isprintable():
+        return text
+    return _UNPRINTABLE.sub(lambda found: f"\\x{ord(found.group()):02x}", text)

@@ -173,3 +173,13 @@ def test_new_ids_are_unique_in_a_process_and_across_a_fork() -> None:
     assert len(child) == 1000
     assert all(len(rid) == 32 for rid in parent | child)
     assert not parent & child
+
+
+def test_a_decoded_path_cannot_start_a_log_line_of_its_own() -> None:
+    """uvicorn gives ``path`` percent-decoded: ``%0D%0A`` in the URL is a real CR LF."""
+    entry = fixed_entry()
+    entry.scope["path"] = '/x\r\n127.0.0.1 "/admin" 200'
+    line = render('%(h)s "%(U)s" %(s)s', entry)
+    assert "\n" not in line
+    assert "\r" not in line
+    assert line == '192.0.2.7 "/x\\x0d\\x0a127.0.0.1 "/admin" 200" 201'

@@ -24,6 +24,7 @@ from .._errors import (
     WorkerGoneError,
     WorkerStartError,
 )
+from .._logging import printable
 from .._pool.lease import Lease
 from .._pool.pool import Pool
 from .._pool.queue import Watch
@@ -93,12 +94,15 @@ class Exchange:
 
     @property
     def request_line(self) -> str:
-        """``"GET /path?query"``, for the log."""
-        query = self.scope.get("query_string")
-        path = self.scope.get("path")
+        """``"GET /path?query"``, for the log: the path as the client sent it (encoded),
+        never a decoded one that could end the line."""
+        scope = self.scope
+        raw = scope.get("raw_path")
+        target = raw.decode("latin-1") if raw else scope.get("path", "")
+        query = scope.get("query_string")
         if query:
-            return f"{self.scope.get('method')} {path}?{query.decode('latin-1')}"
-        return f"{self.scope.get('method')} {path}"
+            target += "?" + query.decode("latin-1")
+        return printable(f"{scope.get('method')} {target}")
 
     @property
     def client_address(self) -> str:

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._errors import ConfigError
-from .._logging import request_id
+from .._logging import printable, request_id
 from .._types import Message, Receive, Scope, Send
 from .._wire.environ import cgi_environ
 
@@ -134,7 +134,7 @@ def atom(key: str, entry: Entry) -> str:
     else:
         letter = LETTERS.get(key)
         value = None if letter is None else letter(entry)
-    return "-" if value is None or value == "" else str(value)
+    return "-" if value is None or value == "" else printable(str(value))
 
 
 class AccessFormat:
