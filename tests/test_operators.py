@@ -3,8 +3,10 @@ listener and the utilization metric, through a real front, real workers and HTTP
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from support import Front, wait_for
+from wsgipool._serve.admin import MAX_CONNECTIONS as ADMIN_CONNECTIONS
 
 ACCESS_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(m)s %(U)s %(q)s %({x-request-id}o)s %({x-custom}i)s'
 
@@ -79,6 +82,24 @@ def test_the_admin_listener_alone_shows_the_inside(
         assert "wsgipool_workers_max 1.0" in admin.get("/-/metrics").text
         assert admin.get("/-/readyz").json()["workers"] == 1
         assert admin.get("/elsewhere").status_code == 404
+        # Silent connections past the listener's bound are dropped at once; the bound
+        # frees as they go.
+        with contextlib.ExitStack() as stack:
+            for _ in range(ADMIN_CONNECTIONS):
+                silent = stack.enter_context(socket.socket(socket.AF_UNIX))
+                silent.connect(str(sock))
+            extra = stack.enter_context(socket.socket(socket.AF_UNIX))
+            extra.connect(str(sock))
+            extra.settimeout(10)
+            assert extra.recv(1) == b""  # closed: over the bound
+        wait_for(lambda: answers(admin), what="the admin listener after the silent ones left")
+
+
+def answers(client: httpx.Client) -> bool:
+    try:
+        return client.get("/-/readyz").status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def metric(server: Front, name: str) -> float:

@@ -33,6 +33,10 @@ log = logging.getLogger("wsgipool.cli")
 #: Largest request head accepted, and how long it may take to arrive.
 HEAD_LIMIT = 8192
 HEAD_TIMEOUT = 10.0
+#: Connections served at once (an operator's scraper and a few people), and how long one
+#: may last with its answer written: past either the connection is dropped.
+MAX_CONNECTIONS = 64
+CONNECTION_TIME = 30.0
 _MISSING = b"not found\n"
 
 
@@ -72,6 +76,7 @@ class AdminServer:
         self.app = app
         self.sock = sock
         self.pages = pages
+        self.open = 0  # connections now
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
@@ -91,22 +96,32 @@ class AdminServer:
             await server.serve_forever()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One request, one answer, then the connection closes."""
+        """One request, one answer, then the connection closes; at most
+        :data:`MAX_CONNECTIONS` at once, each within :data:`CONNECTION_TIME` (a client
+        that never reads its answer holds no descriptor of the front's for long)."""
+        if self.open >= MAX_CONNECTIONS:
+            writer.transport.abort()
+            return
+        self.open += 1
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
-            status, headers, body = await self.respond(head)
-            lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}".encode()]
-            lines += [name + b": " + value for name, value in headers]
-            lines += [b"connection: close", b"", b""]
-            writer.write(b"\r\n".join(lines) + body)
-            await writer.drain()
+            await asyncio.wait_for(self.exchange(reader, writer), CONNECTION_TIME)
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 ConnectionError):  # fmt: skip
-            pass
+            writer.transport.abort()
         finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+            self.open -= 1
+
+    async def exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+        status, headers, body = await self.respond(head)
+        lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}".encode()]
+        lines += [name + b": " + value for name, value in headers]
+        lines += [b"connection: close", b"", b""]
+        writer.write(b"\r\n".join(lines) + body)
+        await writer.drain()
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
 
     async def respond(self, head: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """The answer of the pages to a request head (404 for any other path)."""
