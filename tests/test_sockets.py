@@ -63,7 +63,7 @@ def test_systemd_socket_activation(tmp_path: Path, started: list[subprocess.Pope
     assert proc.wait(30) == 0
     output = log.read_text()
     assert f"serving apps:hello on http://127.0.0.1:{port} (fd 3) with 1 workers" in output
-    assert "8000" not in output  # no default bind beside the socket handed over
+    assert ":8000" not in output  # no default bind (127.0.0.1:8000) beside the socket handed over
 
 
 def test_fd_and_listen_fds(tmp_path: Path, started: list[subprocess.Popen[bytes]]) -> None:
