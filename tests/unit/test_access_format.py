@@ -15,7 +15,7 @@ import pytest
 from wsgipool._cli.logconfig import apply_log_config
 from wsgipool._errors import ConfigError
 from wsgipool._front.request_id import RequestIds
-from wsgipool._serve.access import DEFAULT_FORMAT, AccessFormat, Entry, render
+from wsgipool._serve.access import DEFAULT_FORMAT, AccessFormat, Entry
 from wsgipool._serve.admin import private_address
 
 STARTED = 1_700_000_000.25
@@ -71,18 +71,18 @@ def fixed_entry() -> Entry:
     ],
 )
 def test_each_atom_of_a_fixed_request(atom: str, shown: str) -> None:
-    assert render(f"%({atom})s", fixed_entry()) == shown
+    assert AccessFormat(f"%({atom})s").render(fixed_entry()) == shown
 
 
 def test_gunicorns_default_line_and_an_empty_body() -> None:
     entry = fixed_entry()
     when = time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(STARTED))
-    assert render(DEFAULT_FORMAT, entry) == (
+    assert AccessFormat(DEFAULT_FORMAT).render(entry) == (
         f'192.0.2.7 - alice {when} "POST /api/items?page=2&q=x HTTP/1.1" 201 1234 '
         '"https://example.org/" "curl/8.0"'
     )
     entry.bytes = 0
-    assert render("%(b)s %(B)s", entry) == "- 0"  # as gunicorn: b is '-' for no body
+    assert AccessFormat("%(b)s %(B)s").render(entry) == "- 0"  # as gunicorn: b is '-' for no body
 
 
 def test_a_format_that_cannot_render_is_refused_at_start() -> None:
@@ -179,7 +179,7 @@ def test_a_decoded_path_cannot_start_a_log_line_of_its_own() -> None:
     """uvicorn gives ``path`` percent-decoded: ``%0D%0A`` in the URL is a real CR LF."""
     entry = fixed_entry()
     entry.scope["path"] = '/x\r\n127.0.0.1 "/admin" 200'
-    line = render('%(h)s "%(U)s" %(s)s', entry)
+    line = AccessFormat('%(h)s "%(U)s" %(s)s').render(entry)
     assert "\n" not in line
     assert "\r" not in line
     assert line == '192.0.2.7 "/x\\x0d\\x0a127.0.0.1 "/admin" 200" 201'

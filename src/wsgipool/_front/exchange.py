@@ -30,6 +30,7 @@ from .._pool.pool import Pool
 from .._pool.queue import Watch
 from .._types import Message, Receive, Scope, Send
 from .._wire import frames as proto
+from .._wire.environ import request_target
 from .budget import BufferBudget
 from .guard import PHRASES, Refusals
 from .intake import BodyRefused, Pace, check_size, first_message, take_body
@@ -96,13 +97,7 @@ class Exchange:
     def request_line(self) -> str:
         """``"GET /path?query"``, for the log: the path as the client sent it (encoded),
         never a decoded one that could end the line."""
-        scope = self.scope
-        raw = scope.get("raw_path")
-        target = raw.decode("latin-1") if raw else scope.get("path", "")
-        query = scope.get("query_string")
-        if query:
-            target += "?" + query.decode("latin-1")
-        return printable(f"{scope.get('method')} {target}")
+        return printable(f"{self.scope.get('method')} {request_target(self.scope)}")
 
     @property
     def client_address(self) -> str:

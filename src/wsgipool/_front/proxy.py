@@ -174,12 +174,12 @@ class Proxies:
         """Apply a trusted peer's headers to ``environ``; remove the rest of them.
         ValueError: the Forwarded element a trusted proxy wrote is malformed (a 400: the
         proxy's own address must not pass for the client's)."""
+        if not self.enabled:  # once said, nothing more to do per request
+            if not self.warned and any(key in environ for key in KEYS.values()):
+                self._say_ignored(environ, scope)
+            return
         present = [key for key in KEYS.values() if key in environ]
         if not present:
-            return
-        if not self.enabled:
-            if not self.warned:
-                self._say_ignored(environ, scope)
             return
         trusted = self.trusts(scope)
         exact = exact_values(scope) if trusted else {}

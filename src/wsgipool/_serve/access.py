@@ -24,7 +24,7 @@ from typing import Any
 from .._errors import ConfigError
 from .._logging import printable, request_id
 from .._types import Message, Receive, Scope, Send
-from .._wire.environ import cgi_environ
+from .._wire.environ import cgi_environ, request_target
 
 log = logging.getLogger("wsgipool.access")
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -90,10 +90,7 @@ def _protocol(entry: Entry) -> str:
 def _request_line(entry: Entry) -> str:
     """Method, the path as the client sent it (as gunicorn shows it), the query, protocol."""
     scope = entry.scope
-    raw = scope.get("raw_path")
-    target = raw.decode("latin-1") if raw else scope.get("path", "")
-    query = scope.get("query_string", b"").decode("latin-1")
-    return f"{scope.get('method', '')} {target}{'?' + query if query else ''} {_protocol(entry)}"
+    return f"{scope.get('method', '')} {request_target(scope)} {_protocol(entry)}"
 
 
 #: gunicorn's one-letter atoms, each computed only if the format uses it.
@@ -161,11 +158,6 @@ def basic_user(authorization: str | None) -> str | None:
     except (binascii.Error, ValueError):
         return None
     return decoded.partition(":")[0] or None
-
-
-def render(log_format: str, entry: Entry) -> str:
-    """``log_format`` with each atom of ``entry`` in place."""
-    return AccessFormat(log_format).render(entry)
 
 
 class AccessLog:

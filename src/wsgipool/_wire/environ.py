@@ -80,6 +80,15 @@ def request_path(scope: Scope) -> tuple[str, str]:
     return _native(path), raw_uri
 
 
+def request_target(scope: Scope) -> str:
+    """``/path?query`` as the client sent it (still percent-encoded), for logs: the
+    ``raw_path`` when the server gives one, else the decoded ``path``."""
+    raw = scope.get("raw_path")
+    target = raw.decode("latin-1") if raw else scope.get("path", "")
+    query = scope.get("query_string")
+    return f"{target}?{query.decode('latin-1')}" if query else target
+
+
 def split_host(host: str) -> tuple[str, str]:
     """``"example.com:8080"`` -> ``("example.com", "8080")``; ``"[::1]"`` -> ``("[::1]", "")``."""
     if host.startswith("["):  # [v6]:port
